@@ -1,0 +1,96 @@
+"""Configuration classes: development (embedded SQLite), test, production (PostgreSQL).
+
+Production refuses to start without an explicit SECRET_KEY and DATABASE_URL (21 CFR 11.10(d)).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+INSTANCE_DIR = Path(os.environ.get("ECRF_INSTANCE_DIR", Path(__file__).resolve().parent / "instance"))
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept ``postgresql://...`` as written and drive it with psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class Config:
+    ENV_NAME = "base"
+    SECRET_KEY = os.environ.get("SECRET_KEY")
+    SQLALCHEMY_DATABASE_URI = normalise_database_url(
+        os.environ.get("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'ecrf.sqlite'}")
+    )
+    # Migrations may run as a separate owner role (least privilege for the app role).
+    MIGRATION_DATABASE_URL = os.environ.get("MIGRATION_DATABASE_URL")
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+    # Accounts (21 CFR 11.300): all configurable, defaults from the Foundation requirements.
+    PASSWORD_MIN_LENGTH = _env_int("ECRF_PASSWORD_MIN_LENGTH", 12)
+    PASSWORD_HISTORY = _env_int("ECRF_PASSWORD_HISTORY", 5)
+    LOGIN_MAX_FAILURES = _env_int("ECRF_LOGIN_MAX_FAILURES", 5)
+    # Minutes a locked account stays locked; 0 means until an administrator unlocks it.
+    LOCKOUT_MINUTES = _env_int("ECRF_LOCKOUT_MINUTES", 30)
+    SESSION_IDLE_MINUTES = _env_int("ECRF_SESSION_IDLE_MINUTES", 30)
+    # How often (seconds) a session's last activity is written back; bounds write load.
+    SESSION_TOUCH_SECONDS = 30
+
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_NAME = "ecrf_session"
+    WTF_CSRF_ENABLED = True
+    WTF_CSRF_TIME_LIMIT = None  # the server-side session time-out bounds the token's life
+
+    DEMO_PASSWORD = os.environ.get("ECRF_DEMO_PASSWORD", "Demo-JAKAHDI-2026")
+    SUBJECTS_PER_PAGE = 50
+    AUDIT_PER_PAGE = 100
+
+
+class DevelopmentConfig(Config):
+    ENV_NAME = "development"
+    SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-not-for-production")
+
+
+class TestConfig(Config):
+    ENV_NAME = "test"
+    TESTING = True
+    SECRET_KEY = "test-secret"
+    SQLALCHEMY_DATABASE_URI = normalise_database_url(
+        os.environ.get("ECRF_TEST_DATABASE_URL", "sqlite://")
+    )
+    WTF_CSRF_ENABLED = False  # tests that prove CSRF switch it back on
+
+
+class ProductionConfig(Config):
+    ENV_NAME = "production"
+    SESSION_COOKIE_SECURE = True
+    SESSION_COOKIE_SAMESITE = "Strict"
+    PREFERRED_URL_SCHEME = "https"
+
+    @staticmethod
+    def check(app_config: dict, explicit: set[str]) -> None:
+        """Refuse to start on defaults: an explicit secret and database are required."""
+        missing = [name for name in ("SECRET_KEY", "DATABASE_URL") if name not in explicit]
+        if missing:
+            raise RuntimeError(
+                "Production configuration refuses to start without: " + ", ".join(missing)
+            )
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "test": TestConfig,
+    "production": ProductionConfig,
+}
+
+
+def config_from_env() -> type[Config]:
+    return CONFIGS[os.environ.get("ECRF_CONFIG", "development")]

@@ -1,0 +1,144 @@
+"""ecrf: electronic case report forms with a tamper-evident audit trail."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from flask import Flask, g, redirect, render_template, request, url_for
+from flask_login import current_user
+
+__version__ = "0.1.0"
+
+MIGRATIONS_DIR = next(
+    (str(p) for p in (Path(__file__).resolve().parent.parent / "migrations",
+                      Path(__file__).resolve().parent / "migrations") if (p / "env.py").exists()),
+    "migrations",
+)
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "object-src 'none'; frame-ancestors 'none'"
+)
+
+
+def create_app(config=None, **overrides) -> Flask:
+    """Build the app: bind extensions, register blueprints, error handlers and the CLI."""
+    import config as config_module
+
+    from ecrf import models  # noqa: F401  (registers every table and the audit listeners)
+    from ecrf.database import configure_engine
+    from ecrf.extensions import csrf, db, login_manager, migrate
+
+    app = Flask(__name__, instance_path=str(config_module.INSTANCE_DIR))
+    config = config or config_module.config_from_env()
+    if isinstance(config, str):
+        config = config_module.CONFIGS[config]
+    app.config.from_object(config)
+    if "DATABASE_URL" in overrides:
+        overrides["SQLALCHEMY_DATABASE_URI"] = config_module.normalise_database_url(
+            overrides.pop("DATABASE_URL"))
+    app.config.update(overrides)
+    if config is config_module.ProductionConfig:
+        explicit = {n for n in ("SECRET_KEY", "DATABASE_URL") if os.environ.get(n)}
+        explicit |= {"SECRET_KEY"} if "SECRET_KEY" in overrides else set()
+        explicit |= {"DATABASE_URL"} if "SQLALCHEMY_DATABASE_URI" in overrides else set()
+        config.check(app.config, explicit)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        Path(app.config["SQLALCHEMY_DATABASE_URI"][len("sqlite:///"):]).parent.mkdir(
+            parents=True, exist_ok=True)
+
+    db.init_app(app)
+    with app.app_context():
+        configure_engine(db.engine)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
+    csrf.init_app(app)
+    _init_login(app, login_manager)
+    _register_blueprints(app)
+    _register_hooks(app)
+    _register_errors(app)
+
+    from ecrf.cli import register_commands
+
+    register_commands(app)
+    return app
+
+
+def _init_login(app: Flask, login_manager) -> None:
+    from ecrf.auth.services import load_session
+
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in."
+    login_manager.session_protection = "basic"
+
+    @login_manager.user_loader
+    def _load(token: str):
+        user, why = load_session(token)
+        if why == "timeout":
+            g.session_timed_out = True
+        return user
+
+
+def _register_blueprints(app: Flask) -> None:
+    from ecrf.admin import bp as admin_bp
+    from ecrf.audit.views import bp as audit_bp
+    from ecrf.auth import bp as auth_bp
+    from ecrf.main import bp as main_bp
+    from ecrf.subjects import bp as subjects_bp
+
+    for bp in (main_bp, auth_bp, admin_bp, subjects_bp, audit_bp):
+        app.register_blueprint(bp)
+    from ecrf.access.decorators import public
+
+    public(app.view_functions["static"])
+
+
+def _register_hooks(app: Flask) -> None:
+    from ecrf.access.grants import Access
+    from ecrf.access.roles import ROLES
+
+    @app.before_request
+    def _request_id():
+        request.environ["ecrf.request_id"] = str(uuid.uuid4())
+
+    @app.before_request
+    def _force_password_change():
+        if request.endpoint in ("auth.change_password", "auth.logout", "static", "main.health"):
+            return None
+        if current_user.is_authenticated and current_user.must_change_password:
+            return redirect(url_for("auth.change_password"))
+        return None
+
+    @app.after_request
+    def _security_headers(response):
+        h = response.headers
+        h["Content-Security-Policy"] = CSP
+        h["X-Content-Type-Options"] = "nosniff"
+        h["X-Frame-Options"] = "DENY"
+        h["Referrer-Policy"] = "same-origin"
+        h["Cache-Control"] = h.get("Cache-Control", "no-store")
+        return response
+
+    @app.context_processor
+    def _helpers():
+        def can(permission: str) -> bool:
+            return current_user.is_authenticated and bool(Access.for_user(current_user, permission))
+
+        return {"can": can, "ROLES": ROLES, "app_version": __version__}
+
+
+def _register_errors(app: Flask) -> None:
+    def page(status: int, title: str, message: str):
+        def handler(_error):
+            return render_template("error.html", status=status, title=title,
+                                   message=message), status
+        return handler
+
+    app.register_error_handler(400, page(400, "Bad request", "The request could not be read."))
+    app.register_error_handler(403, page(403, "Not allowed",
+                                         "Your role does not allow this action."))
+    app.register_error_handler(404, page(404, "Not found", "There is nothing here for you."))
+    app.register_error_handler(405, page(405, "Not allowed", "This method is not allowed here."))

@@ -1,0 +1,60 @@
+"""The one table of roles and their permissions (21 CFR 11.10(d)(g); E6(R3) 4.3.8).
+
+Every view declares the permission it needs (``ecrf.access.decorators``); the roles table in the
+docs is generated from this module (``ecrf access table``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PERMISSIONS: dict[str, str] = {
+    "subject.view": "See the subjects of one's sites and their status",
+    "subject.enrol": "Enrol a subject at one's site (gives the pseudonymous code)",
+    "subject.status": "Change a subject's status (inclusion, screen failure, withdrawal, ...)",
+    "audit.view": "Read the audit trail",
+    "users.manage": "Create, deactivate and unlock accounts; reset passwords; grant roles",
+    "sites.manage": "Create and activate sites",
+}
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    title: str
+    #: site-scoped roles act only on the sites they are granted; others are study-wide
+    site_scoped: bool
+    permissions: frozenset[str]
+
+
+ROLES: dict[str, Role] = {
+    r.name: r
+    for r in (
+        Role("investigator", "Site investigator", True,
+             frozenset({"subject.view", "subject.enrol", "subject.status"})),
+        Role("monitor", "Monitor (CRA)", True, frozenset({"subject.view"})),
+        Role("data_manager", "Data manager", False, frozenset({"subject.view"})),
+        Role("auditor", "Auditor / inspector", False, frozenset({"subject.view", "audit.view"})),
+        # Administrators manage accounts and sites; they neither enter nor view clinical data.
+        Role("admin", "System administrator", False, frozenset({"users.manage", "sites.manage"})),
+    )
+}
+
+assert all(p in PERMISSIONS for r in ROLES.values() for p in r.permissions)
+
+
+def roles_with(permission: str) -> list[str]:
+    return [r.name for r in ROLES.values() if permission in r.permissions]
+
+
+def markdown_table() -> str:
+    """The roles x permissions table for the docs, generated from ROLES."""
+    names = list(ROLES)
+    lines = ["| permission | meaning | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for perm, meaning in PERMISSIONS.items():
+        marks = ["yes" if perm in ROLES[n].permissions else "" for n in names]
+        lines.append(f"| `{perm}` | {meaning} | " + " | ".join(marks) + " |")
+    scope = ["site" if ROLES[n].site_scoped else "study" for n in names]
+    lines.append("| *scope* | sites the role acts on | " + " | ".join(scope) + " |")
+    return "\n".join(lines) + "\n"

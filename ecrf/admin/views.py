@@ -1,0 +1,177 @@
+"""Accounts, grants and sites. Administrators see no clinical data."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from flask import abort, flash, g, redirect, render_template, url_for
+
+from ecrf.access import services as access_services
+from ecrf.access.decorators import requires
+from ecrf.access.models import Grant
+from ecrf.admin import bp
+from ecrf.admin.forms import ConfirmForm, GrantForm, ReasonForm, SiteForm, UserForm
+from ecrf.auth import services as auth_services
+from ecrf.auth.models import User
+from ecrf.extensions import db
+from ecrf.study import services as study_services
+from ecrf.study.models import Site
+
+
+def _user_or_404(user_id: int) -> User:
+    user = db.session.get(User, user_id)
+    if user is None or user.is_system:
+        abort(404)
+    return user
+
+
+def _sites() -> list[Site]:
+    return list(db.session.scalars(sa.select(Site).order_by(Site.code)))
+
+
+@bp.route("/users")
+@requires("users.manage")
+def list_users():
+    users = db.session.scalars(
+        sa.select(User).where(User.is_system.is_(False)).order_by(User.username)).all()
+    return render_template("admin/users.html", users=users, form=UserForm())
+
+
+@bp.route("/users", methods=["POST"])
+@requires("users.manage")
+def create_user():
+    form = UserForm()
+    if form.validate_on_submit():
+        try:
+            user, temp = auth_services.create_user(
+                g.access.actor(), username=form.username.data, full_name=form.full_name.data,
+                email=form.email.data)
+        except auth_services.AccountError as e:
+            form.username.errors = [*form.username.errors, str(e)]
+        else:
+            return render_template("admin/temporary_password.html", user=user, password=temp)
+    users = db.session.scalars(
+        sa.select(User).where(User.is_system.is_(False)).order_by(User.username)).all()
+    return render_template("admin/users.html", users=users, form=form), 400
+
+
+@bp.route("/users/<int:user_id>")
+@requires("users.manage")
+def view_user(user_id: int):
+    user = _user_or_404(user_id)
+    grant_form = GrantForm()
+    grant_form.site.choices = [("", "—")] + [(str(s.id), f"{s.code} {s.name}") for s in _sites()]
+    return render_template("admin/user.html", user=user, grant_form=grant_form,
+                           reason_form=ReasonForm())
+
+
+def _reasoned_action(user_id: int, action, done: str):
+    user = _user_or_404(user_id)
+    form = ReasonForm()
+    if not form.validate_on_submit():
+        flash("A reason is required: " + "; ".join(e for errs in form.errors.values() for e in errs),
+              "error")
+        return redirect(url_for("admin.view_user", user_id=user.id))
+    try:
+        result = action(g.access.actor(), user, form.reason())
+    except auth_services.AccountError as e:
+        flash(str(e), "error")
+        return redirect(url_for("admin.view_user", user_id=user.id))
+    if isinstance(result, str):
+        return render_template("admin/temporary_password.html", user=user, password=result)
+    flash(done.format(user=user.username), "info")
+    return redirect(url_for("admin.view_user", user_id=user.id))
+
+
+@bp.route("/users/<int:user_id>/deactivate", methods=["POST"])
+@requires("users.manage")
+def deactivate_user(user_id: int):
+    return _reasoned_action(user_id, auth_services.deactivate_user, "{user} is deactivated.")
+
+
+@bp.route("/users/<int:user_id>/unlock", methods=["POST"])
+@requires("users.manage")
+def unlock_user(user_id: int):
+    return _reasoned_action(user_id, auth_services.unlock_user, "{user} is unlocked.")
+
+
+@bp.route("/users/<int:user_id>/reset-password", methods=["POST"])
+@requires("users.manage")
+def reset_password(user_id: int):
+    return _reasoned_action(user_id, auth_services.reset_password, "")
+
+
+@bp.route("/users/<int:user_id>/grants", methods=["POST"])
+@requires("users.manage")
+def add_grant(user_id: int):
+    user = _user_or_404(user_id)
+    form = GrantForm()
+    form.site.choices = [("", "—")] + [(str(s.id), s.code) for s in _sites()]
+    if form.validate_on_submit():
+        site = db.session.get(Site, int(form.site.data)) if form.site.data else None
+        when = [d.replace(tzinfo=UTC) if d else None for d in (form.valid_from.data,
+                                                               form.valid_to.data)]
+        try:
+            access_services.grant_role(g.access.actor(), user, form.role.data, site,
+                                       valid_from=when[0], valid_to=when[1])
+            flash(f"{user.username} now holds the role {form.role.data}.", "info")
+        except access_services.GrantError as e:
+            flash(str(e), "error")
+    else:
+        flash("The grant could not be read: check the dates.", "error")
+    return redirect(url_for("admin.view_user", user_id=user.id))
+
+
+@bp.route("/grants/<int:grant_id>/revoke", methods=["POST"])
+@requires("users.manage")
+def revoke_grant(grant_id: int):
+    grant = db.session.get(Grant, grant_id) or abort(404)
+    form = ReasonForm()
+    if form.validate_on_submit():
+        try:
+            access_services.revoke_grant(g.access.actor(), grant, form.reason())
+            flash("The grant is revoked.", "info")
+        except access_services.GrantError as e:
+            flash(str(e), "error")
+    else:
+        flash("A reason is required to revoke a grant.", "error")
+    return redirect(url_for("admin.view_user", user_id=grant.user_id))
+
+
+@bp.route("/sites")
+@requires("sites.manage")
+def list_sites():
+    return render_template("admin/sites.html", sites=_sites(), form=SiteForm(),
+                           confirm=ConfirmForm())
+
+
+@bp.route("/sites", methods=["POST"])
+@requires("sites.manage")
+def create_site():
+    form = SiteForm()
+    if form.validate_on_submit():
+        try:
+            ZoneInfo(form.timezone.data)
+            study_services.create_site(g.access.actor(), form.code.data, form.name.data,
+                                       form.timezone.data)
+            flash(f"Site {form.code.data} is created; activate it to enrol.", "info")
+            return redirect(url_for("admin.list_sites"))
+        except (study_services.StudyError, ZoneInfoNotFoundError, ValueError) as e:
+            form.code.errors = [*form.code.errors, str(e) or "Unknown time zone."]
+    return render_template("admin/sites.html", sites=_sites(), form=form,
+                           confirm=ConfirmForm()), 400
+
+
+@bp.route("/sites/<int:site_id>/activate", methods=["POST"])
+@requires("sites.manage")
+def activate_site(site_id: int):
+    site = db.session.get(Site, site_id) or abort(404)
+    if ConfirmForm().validate_on_submit():
+        try:
+            study_services.activate_site(g.access.actor(), site)
+            flash(f"Site {site.code} is activated.", "info")
+        except study_services.StudyError as e:
+            flash(str(e), "error")
+    return redirect(url_for("admin.list_sites"))

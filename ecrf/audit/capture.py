@@ -1,0 +1,145 @@
+"""Capture every change to an audited table at flush time, in the same transaction.
+
+``before_flush`` refuses changes outside a unit of work and any physical delete; ``after_flush``
+(when new rows have their ids) turns each changed column into one audit event with its old and new
+value, read from SQLAlchemy's attribute history. ORM bulk UPDATE/DELETE on audited tables is
+refused outright: it would bypass the listeners (the blind spot of ORM-level audit libraries).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from itertools import chain as iter_chain
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, attributes
+
+from ecrf.audit.models import Audited
+from ecrf.audit.unit_of_work import (
+    UOW_KEY,
+    AuditError,
+    ReasonRequiredError,
+    UnauditedWriteError,
+)
+
+SECRET_MARK = "[not recorded]"
+
+
+def audit_text(value) -> str | None:
+    """The text form in which a value is kept and digested."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date | Decimal | int | float | str):
+        return value.isoformat() if isinstance(value, date) else str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _audited(objs) -> list[Audited]:
+    return [o for o in objs if isinstance(o, Audited)]
+
+
+def _before_flush(session: Session, _ctx, _instances) -> None:
+    touched = _audited(iter_chain(session.new, session.dirty, session.deleted))
+    if not touched:
+        return
+    if session.info.get(UOW_KEY) is None:
+        names = sorted({type(o).__name__ for o in touched})
+        raise UnauditedWriteError(
+            f"change to audited table(s) {', '.join(names)} outside the unit of work"
+        )
+    deleted = _audited(session.deleted)
+    if deleted:
+        raise AuditError(
+            f"{type(deleted[0]).__name__} rows are never physically deleted: set a status instead"
+        )
+
+
+def _after_flush(session: Session, _ctx) -> None:
+    uow = session.info.get(UOW_KEY)
+    if uow is None:
+        return
+    for obj in _audited(session.new):
+        _capture(uow, obj, created=True)
+    for obj in _audited(session.dirty):
+        if session.is_modified(obj, include_collections=False):
+            _capture(uow, obj, created=False)
+
+
+def _capture(uow, obj: Audited, *, created: bool) -> None:
+    spec = obj.__audit__
+    mapper = sa.inspect(type(obj))
+    state = sa.inspect(obj)
+    entity_id = state.identity[0] if state.identity else None
+    path = obj.audit_path()
+    action = f"{spec.entity}.{'create' if created else 'update'}"
+    for column_attr in mapper.column_attrs:
+        key = column_attr.key
+        if key in spec.exclude:
+            continue
+        hist = attributes.get_history(obj, key)
+        if created:
+            new = hist.added[0] if hist.added else getattr(obj, key)
+            if new is None:
+                continue
+            old = None
+        else:
+            if not hist.has_changes():
+                continue
+            old = hist.deleted[0] if hist.deleted else None
+            new = hist.added[0] if hist.added else None
+            if audit_text(old) == audit_text(new):
+                continue
+        if key in spec.secret:
+            old_text = SECRET_MARK if old is not None else None
+            new_text = SECRET_MARK if new is not None else None
+        else:
+            old_text, new_text = audit_text(old), audit_text(new)
+        if old_text is not None and uow.reason is None:
+            raise ReasonRequiredError(f"{spec.entity} {entity_id} {key}")
+        uow.record(action, spec.entity, entity_id, path=path, field=key,
+                   old=old_text, new=new_text)
+
+
+def _refuse_bulk(state) -> None:
+    if not (state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    if table is not None and table.name in audited_table_names():
+        raise AuditError(f"bulk UPDATE/DELETE on audited table {table.name} bypasses the audit trail")
+
+
+def audited_table_names() -> set[str]:
+    from ecrf.database import Base
+
+    return {
+        m.local_table.name for m in Base.registry.mappers if issubclass(m.class_, Audited)
+    }
+
+
+def _active_history(mapper, class_) -> None:
+    """Load the old value before a change, even from an expired instance."""
+    if not issubclass(class_, Audited):
+        return
+    for column_attr in mapper.column_attrs:
+        event.listen(getattr(class_, column_attr.key), "set", _noop, active_history=True)
+
+
+def _noop(*_args):
+    return None
+
+
+def install(session_class=Session) -> None:
+    """Register the listeners on every session of the application (idempotent)."""
+    if event.contains(session_class, "before_flush", _before_flush):
+        return
+    event.listen(session_class, "before_flush", _before_flush)
+    event.listen(session_class, "after_flush", _after_flush)
+    event.listen(session_class, "do_orm_execute", _refuse_bulk)
+    event.listen(Audited, "mapper_configured", _active_history, propagate=True)

@@ -1,0 +1,252 @@
+"""Accounts, logins and sessions, all written through the audited unit of work.
+
+Failed logins are recorded in their own committed transaction even though the login fails;
+lockout follows N failures in a row (P11-300d); sessions live in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+
+from ecrf.audit.reasons import Reason
+from ecrf.audit.unit_of_work import Actor, unit_of_work
+from ecrf.auth.models import PasswordHistory, User, UserSession
+from ecrf.auth.passwords import (
+    hash_password,
+    needs_rehash,
+    policy_problems,
+    temporary_password,
+    verify_password,
+)
+from ecrf.database import utcnow
+from ecrf.extensions import db
+
+SYSTEM_USERNAME = "system"
+LOGIN_FAILED_MESSAGE = (
+    "Unknown username or wrong password. After repeated failures the account is locked: "
+    "ask an administrator if you cannot log in."
+)
+
+
+class AccountError(ValueError):
+    """A request about an account that cannot be done; the message says why."""
+
+
+def system_user() -> User:
+    user = db.session.scalar(sa.select(User).where(User.username == SYSTEM_USERNAME))
+    if user is None:
+        raise RuntimeError("the system account is missing: run `ecrf db upgrade`")
+    return user
+
+
+def system_actor() -> Actor:
+    return Actor.of(system_user())
+
+
+def get_user(username: str) -> User | None:
+    return db.session.scalar(sa.select(User).where(User.username == username))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _previous_hashes(user: User) -> list[str]:
+    limit = current_app.config["PASSWORD_HISTORY"]
+    rows = db.session.scalars(
+        sa.select(PasswordHistory.password_hash).where(PasswordHistory.user_id == user.id)
+        .order_by(PasswordHistory.id.desc()).limit(limit)
+    ).all()
+    return list(rows)
+
+
+def _set_password(user: User, password: str, *, temporary: bool) -> None:
+    user.password_hash = hash_password(password)
+    user.must_change_password = temporary
+    user.password_changed_at = utcnow()
+    db.session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash))
+
+
+def _end_sessions(user: User, reason: str) -> None:
+    now = utcnow()
+    for s in db.session.scalars(
+        sa.select(UserSession).where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+    ):
+        s.ended_at, s.end_reason = now, reason
+
+
+def _lock_expired(user: User) -> bool:
+    minutes = current_app.config["LOCKOUT_MINUTES"]
+    return bool(minutes) and utcnow() >= user.locked_at + timedelta(minutes=minutes)
+
+
+# --- login, logout, sessions ---------------------------------------------------------------
+
+
+@dataclass
+class LoginResult:
+    user: User | None
+    token: str | None
+    message: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.token is not None
+
+
+def login(username: str, password: str, *, client: str | None = None,
+          user_agent: str | None = None) -> LoginResult:
+    username = (username or "").strip()[:64]
+    user = get_user(username)
+    fail = LoginResult(None, None, LOGIN_FAILED_MESSAGE)
+    if user is None or user.is_system or not user.is_active:
+        with unit_of_work(system_actor(), Reason.system("failed login")) as uow:
+            uow.record("auth.login_failed", "user", user.id if user else None,
+                       new=f"username {username!r}: "
+                           + ("unknown user" if user is None else "account cannot log in"))
+        return fail
+    if user.locked_at is not None and _lock_expired(user):
+        with unit_of_work(system_actor(), Reason.system("lock time passed")) as uow:
+            user.locked_at, user.failed_logins = None, 0
+            uow.record("auth.unlocked", "user", user.id, new=user.username)
+    if user.locked_at is not None:
+        with unit_of_work(system_actor(), Reason.system("login refused: account locked")) as uow:
+            uow.record("auth.login_failed", "user", user.id, new=f"{username}: account locked")
+        return fail
+    if not verify_password(user.password_hash, password):
+        with unit_of_work(system_actor(), Reason.system("failed login")) as uow:
+            user.failed_logins += 1
+            uow.record("auth.login_failed", "user", user.id, new=f"{username}: wrong password")
+            if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
+                user.locked_at = utcnow()
+                uow.record("auth.locked", "user", user.id,
+                           new=f"{user.failed_logins} failed logins in a row")
+        return fail
+    token = secrets.token_urlsafe(32)
+    with unit_of_work(Actor.of(user), Reason.system("successful login")) as uow:
+        if needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password)
+        user.failed_logins = 0
+        user.last_login_at = utcnow()
+        db.session.add(UserSession(token_hash=_token_hash(token), user_id=user.id,
+                                   client=client, user_agent=(user_agent or "")[:256]))
+        uow.record("auth.login", "user", user.id, new=user.username)
+    user.session_token = token
+    return LoginResult(user, token, None)
+
+
+def load_session(token: str) -> tuple[User | None, str | None]:
+    """The user of a live session, or (None, why it ended). Touches the last activity time."""
+    session = db.session.scalar(
+        sa.select(UserSession).where(UserSession.token_hash == _token_hash(token))
+    )
+    if session is None or session.ended_at is not None:
+        return None, "ended"
+    user = session.user
+    now = utcnow()
+    idle = timedelta(minutes=current_app.config["SESSION_IDLE_MINUTES"])
+    if not user.is_active or user.locked_at is not None:
+        end_session(session, "account_disabled")
+        return None, "ended"
+    if now - session.last_seen_at > idle:
+        end_session(session, "timeout")
+        return None, "timeout"
+    if (now - session.last_seen_at).total_seconds() > current_app.config["SESSION_TOUCH_SECONDS"]:
+        with unit_of_work(Actor.of(user)):
+            session.last_seen_at = now
+    user.session_token = token
+    return user, None
+
+
+def end_session(session: UserSession, reason: str) -> None:
+    """End a session: logout, time-out or a disabled account; each is an audit record."""
+    user = session.user
+    with unit_of_work(Actor.of(user), Reason.system(f"session ended: {reason}")) as uow:
+        session.ended_at, session.end_reason = utcnow(), reason
+        action = {"logout": "auth.logout", "timeout": "auth.timeout"}.get(reason, "auth.session_ended")
+        uow.record(action, "user", user.id, new=user.username)
+
+
+def logout(token: str) -> None:
+    session = db.session.scalar(
+        sa.select(UserSession).where(UserSession.token_hash == _token_hash(token),
+                                     UserSession.ended_at.is_(None))
+    )
+    if session is not None:
+        end_session(session, "logout")
+
+
+def change_password(user: User, current: str, new: str, confirm: str) -> list[str]:
+    """Change one's own password; returns the problems (nothing is saved when there are any)."""
+    if not verify_password(user.password_hash, current):
+        return ["The current password is wrong."]
+    if new != confirm:
+        return ["The new password and its confirmation differ."]
+    problems = policy_problems(new, username=user.username,
+                               min_length=current_app.config["PASSWORD_MIN_LENGTH"],
+                               previous_hashes=_previous_hashes(user))
+    if problems:
+        return problems
+    with unit_of_work(Actor.of(user), Reason.system("password changed by its owner")) as uow:
+        _set_password(user, new, temporary=False)
+        uow.record("auth.password_changed", "user", user.id, new=user.username)
+    return []
+
+
+# --- administration ------------------------------------------------------------------------
+
+
+def create_user(actor: Actor, *, username: str, full_name: str, email: str | None,
+                password: str | None = None) -> tuple[User, str]:
+    """Create an account with a temporary password (returned once, to hand over)."""
+    username = username.strip()
+    if not username or len(username) > 64 or not username.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise AccountError("A username is 1-64 letters, digits, '.', '-' or '_'.")
+    if get_user(username) is not None:
+        raise AccountError(f"The username {username!r} exists or existed: usernames are never reused.")
+    if not full_name.strip():
+        raise AccountError("A full name is required (it is printed with signatures).")
+    temp = password or temporary_password()
+    with unit_of_work(actor, Reason.system("account created")) as uow:
+        user = User(username=username, full_name=full_name.strip(), email=email or None,
+                    must_change_password=password is None, failed_logins=0, is_active=True,
+                    is_system=False)
+        db.session.add(user)
+        db.session.flush()
+        _set_password(user, temp, temporary=password is None)
+        uow.record("auth.account_created", "user", user.id, new=username)
+    return user, temp
+
+
+def deactivate_user(actor: Actor, user: User, reason: Reason) -> None:
+    if user.is_system:
+        raise AccountError("System accounts cannot be changed.")
+    with unit_of_work(actor, reason):
+        user.is_active = False
+        _end_sessions(user, "deactivated")
+
+
+def unlock_user(actor: Actor, user: User, reason: Reason) -> None:
+    if user.locked_at is None:
+        raise AccountError(f"{user.username} is not locked.")
+    with unit_of_work(actor, reason) as uow:
+        user.locked_at, user.failed_logins = None, 0
+        uow.record("auth.unlocked", "user", user.id, new=user.username)
+
+
+def reset_password(actor: Actor, user: User, reason: Reason) -> str:
+    """Force a reset: a new temporary password, shown once, that must be changed at login."""
+    if user.is_system:
+        raise AccountError("System accounts cannot log in.")
+    temp = temporary_password()
+    with unit_of_work(actor, reason) as uow:
+        _set_password(user, temp, temporary=True)
+        _end_sessions(user, "password_reset")
+        uow.record("auth.password_reset", "user", user.id, new=user.username)
+    return temp

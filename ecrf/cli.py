@@ -1,0 +1,321 @@
+"""The ``ecrf`` console script: a thin shell over the same audited services the views call.
+
+Every write is attributed to a named user (``--as USERNAME``) or a named system account.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import FlaskGroup
+
+from ecrf.access import services as access_services
+from ecrf.access.grants import Access
+from ecrf.access.models import Grant
+from ecrf.access.roles import ROLES, markdown_table
+from ecrf.audit import chain
+from ecrf.audit.reasons import REASON_CODES, Reason
+from ecrf.audit.unit_of_work import Actor
+from ecrf.auth import services as auth_services
+from ecrf.extensions import db
+from ecrf.study import services as study_services
+from ecrf.study.models import Site
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _actor(username: str | None, permission: str) -> Actor:
+    if not username:
+        _fail("Say who acts: --as USERNAME (a user holding " + permission + ").")
+    user = auth_services.get_user(username)
+    if user is None or not user.is_active:
+        _fail(f"No active user {username!r}.")
+    access = Access.for_user(user, permission)
+    if not access:
+        _fail(f"{username} does not hold the permission {permission}.")
+    return access.actor()
+
+
+def _user(username: str):
+    user = auth_services.get_user(username)
+    if user is None or user.is_system:
+        _fail(f"No user {username!r}.")
+    return user
+
+
+def _site(code: str) -> Site:
+    site = db.session.scalar(sa.select(Site).where(Site.code == code))
+    if site is None:
+        _fail(f"No site {code!r}.")
+    return site
+
+
+def _reason(code: str, text: str) -> Reason:
+    try:
+        return Reason(code, text)
+    except ValueError as e:
+        _fail(str(e))
+
+
+as_option = click.option("--as", "as_user", metavar="USERNAME", help="The user who acts.")
+reason_options = [
+    click.option("--reason", "reason_code", type=click.Choice(list(REASON_CODES)),
+                 default="administrative", show_default=True),
+    click.option("--explain", "reason_text", default="", help="Free text for the reason."),
+]
+
+
+def with_reason(f):
+    for option in reversed(reason_options):
+        f = option(f)
+    return f
+
+
+# --- users ---------------------------------------------------------------------------------
+
+users = click.Group("users", help="Accounts and role grants.")
+
+
+def _has_active_admin() -> bool:
+    return any(
+        g.user.is_active for g in db.session.scalars(
+            sa.select(Grant).where(Grant.role == "admin", Grant.revoked_at.is_(None)))
+    )
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--full-name", required=True)
+@click.option("--email", default=None)
+@click.option("--role", type=click.Choice(list(ROLES)), default=None)
+@click.option("--site", "site_code", default=None, help="Site code for site-scoped roles.")
+@as_option
+def users_create(username, full_name, email, role, site_code, as_user):
+    """Create an account with a temporary password (printed once).
+
+    On a database without an active administrator, ``--role admin`` without ``--as`` creates the
+    first administrator, attributed to the system account.
+    """
+    if as_user is None and role == "admin" and not _has_active_admin():
+        actor = auth_services.system_actor()
+    else:
+        actor = _actor(as_user, "users.manage")
+    site = _site(site_code) if site_code else None
+    try:
+        user, temp = auth_services.create_user(actor, username=username, full_name=full_name,
+                                               email=email)
+        if role:
+            access_services.grant_role(actor, user, role, site)
+    except (auth_services.AccountError, access_services.GrantError) as e:
+        _fail(str(e))
+    click.echo(f"Created {user.username}" + (f" as {role}" if role else "") + ".")
+    click.echo(f"Temporary password (must be changed at first login): {temp}")
+
+
+@users.command("list")
+def users_list():
+    """List accounts with their active grants."""
+    from ecrf.access.grants import active_grants
+    from ecrf.auth.models import User
+
+    for user in db.session.scalars(sa.select(User).order_by(User.username)):
+        grants = ", ".join(f"{g.role}@{g.site.code if g.site else 'study'}"
+                           for g in active_grants(user))
+        state = "system" if user.is_system else ("active" if user.is_active else "deactivated")
+        lock = " LOCKED" if user.locked_at else ""
+        click.echo(f"{user.username:24} {state}{lock:8} {grants}")
+
+
+@users.command("deactivate")
+@click.argument("username")
+@with_reason
+@as_option
+def users_deactivate(username, reason_code, reason_text, as_user):
+    """Deactivate an account (never deleted; the username is never reused)."""
+    actor = _actor(as_user, "users.manage")
+    try:
+        auth_services.deactivate_user(actor, _user(username), _reason(reason_code, reason_text))
+    except auth_services.AccountError as e:
+        _fail(str(e))
+    click.echo(f"{username} is deactivated.")
+
+
+@users.command("unlock")
+@click.argument("username")
+@with_reason
+@as_option
+def users_unlock(username, reason_code, reason_text, as_user):
+    """Unlock an account locked after failed logins."""
+    actor = _actor(as_user, "users.manage")
+    try:
+        auth_services.unlock_user(actor, _user(username), _reason(reason_code, reason_text))
+    except auth_services.AccountError as e:
+        _fail(str(e))
+    click.echo(f"{username} is unlocked.")
+
+
+@users.command("reset-password")
+@click.argument("username")
+@with_reason
+@as_option
+def users_reset_password(username, reason_code, reason_text, as_user):
+    """Force a password reset: a temporary password to be changed at next login."""
+    actor = _actor(as_user, "users.manage")
+    temp = auth_services.reset_password(actor, _user(username), _reason(reason_code, reason_text))
+    click.echo(f"Temporary password for {username} (must be changed at login): {temp}")
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@users.command("grant")
+@click.argument("username")
+@click.argument("role", type=click.Choice(list(ROLES)))
+@click.option("--site", "site_code", default=None)
+@click.option("--valid-from", default=None, help="ISO 8601; UTC when no zone is given.")
+@click.option("--valid-to", default=None, help="ISO 8601; UTC when no zone is given.")
+@as_option
+def users_grant(username, role, site_code, valid_from, valid_to, as_user):
+    """Grant a role (on a site for investigators and monitors)."""
+    actor = _actor(as_user, "users.manage")
+    site = _site(site_code) if site_code else None
+    try:
+        grant = access_services.grant_role(actor, _user(username), role, site,
+                                           valid_from=_when(valid_from), valid_to=_when(valid_to))
+    except (access_services.GrantError, ValueError) as e:
+        _fail(str(e))
+    click.echo(f"Grant {grant.id}: {username} is {role}" + (f" at site {site_code}" if site else ""))
+
+
+@users.command("revoke")
+@click.argument("grant_id", type=int)
+@with_reason
+@as_option
+def users_revoke(grant_id, reason_code, reason_text, as_user):
+    """Revoke a grant (kept, with its end, in the trail)."""
+    actor = _actor(as_user, "users.manage")
+    grant = db.session.get(Grant, grant_id)
+    if grant is None:
+        _fail(f"No grant {grant_id}.")
+    try:
+        access_services.revoke_grant(actor, grant, _reason(reason_code, reason_text))
+    except access_services.GrantError as e:
+        _fail(str(e))
+    click.echo(f"Grant {grant_id} is revoked.")
+
+
+# --- sites ---------------------------------------------------------------------------------
+
+sites = click.Group("sites", help="Study sites.")
+
+
+@sites.command("create")
+@click.argument("code")
+@click.argument("name")
+@click.option("--timezone", default="Europe/Paris", show_default=True)
+@as_option
+def sites_create(code, name, timezone, as_user):
+    actor = _actor(as_user, "sites.manage")
+    try:
+        study_services.create_site(actor, code, name, timezone)
+    except study_services.StudyError as e:
+        _fail(str(e))
+    click.echo(f"Site {code} created (not yet activated).")
+
+
+@sites.command("activate")
+@click.argument("code")
+@as_option
+def sites_activate(code, as_user):
+    actor = _actor(as_user, "sites.manage")
+    try:
+        study_services.activate_site(actor, _site(code))
+    except study_services.StudyError as e:
+        _fail(str(e))
+    click.echo(f"Site {code} is activated.")
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+audit = click.Group("audit", help="The audit trail.")
+
+
+def _parse_head(value: str | None) -> tuple[int, str] | None:
+    if not value:
+        return None
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise click.BadParameter("expected SEQ:HASH, e.g. 1234:" + "ab" * 32)
+    return int(seq), digest.lower()
+
+
+@audit.command("verify")
+@click.option("--expect-head", default=None, metavar="SEQ:HASH",
+              help="A head published earlier: the chain must still contain it.")
+def audit_verify(expect_head):
+    """Recompute the hash chain; exit non-zero naming the first bad seq."""
+    result = chain.verify_rows(chain.iter_db_rows(db.session), expect_head=_parse_head(expect_head),
+                               stored_head=chain.stored_head(db.session))
+    click.echo(f"Rows checked: {result.rows_checked}")
+    click.echo(f"Head: {result.head_seq}:{result.head_hash}")
+    if result.redacted:
+        click.echo(f"Redacted values (masked by a recorded redaction): {len(result.redacted)}")
+    if not result.ok:
+        seq, why = result.problems[0]
+        click.echo(f"FAILED at seq {seq}: {why}", err=True)
+        sys.exit(1)
+    click.echo("Chain OK")
+
+
+# --- access --------------------------------------------------------------------------------
+
+access = click.Group("access", help="Roles and permissions.")
+
+
+@access.command("table")
+def access_table():
+    """Print the roles x permissions table (Markdown), generated from the code."""
+    click.echo(markdown_table(), nl=False)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@click.command("demo")
+@click.option("--subjects", "n_subjects", type=int, default=None,
+              help="Synthetic subjects to add, spread over the sites (default 10 on first load).")
+def demo(n_subjects):
+    """Load the DEMO study (2 sites, one user per role) and synthetic subjects."""
+    from ecrf.demo import load_demo
+
+    if current_app.config.get("ENV_NAME") == "production":
+        _fail("Refused: demo data are never loaded into a production configuration.")
+    load_demo(n_subjects, echo=click.echo)
+
+
+def register_commands(app) -> None:
+    for command in (users, sites, audit, access, demo):
+        app.cli.add_command(command)
+
+
+def _create_app():
+    from ecrf import create_app
+
+    return create_app()
+
+
+cli = FlaskGroup(create_app=_create_app, help="ecrf: electronic case report forms.")
+
+
+def main() -> None:
+    cli.main(prog_name="ecrf")

@@ -1,0 +1,21 @@
+"""The reason-for-change fields shared by every form that changes saved data."""
+
+from wtforms import SelectField, StringField
+from wtforms.validators import DataRequired, Length
+
+from ecrf.audit.reasons import REASON_CODES, Reason
+
+
+class ReasonFields:
+    """Mixin for a FlaskForm: a reason code from the short list plus free text."""
+
+    reason_code = SelectField("Reason for change", choices=list(REASON_CODES.items()),
+                              validators=[DataRequired()])
+    reason_text = StringField("Explanation", validators=[Length(max=500)])
+
+    def validate_reason_text(self, field):
+        if self.reason_code.data == "other" and not (field.data or "").strip():
+            raise ValueError("Explain the reason when it is 'Other'.")
+
+    def reason(self) -> Reason:
+        return Reason(self.reason_code.data, (self.reason_text.data or "").strip())

@@ -1,0 +1,14 @@
+"""Imports every model so metadata (Alembic) and the mappers see all tables."""
+
+from ecrf.access.models import Grant
+from ecrf.audit import capture
+from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
+from ecrf.auth.models import PasswordHistory, User, UserSession
+from ecrf.study.models import Site, Subject, SubjectCounter
+
+capture.install()
+
+__all__ = [
+    "AuditRecord", "AuditValue", "ChainHead", "Grant", "PasswordHistory", "Site", "Subject",
+    "SubjectCounter", "User", "UserSession",
+]

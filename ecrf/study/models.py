@@ -1,0 +1,79 @@
+"""Sites and pseudonymous subjects. No names or direct identifiers are stored (GDPR)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from ecrf.audit.models import Audited, AuditSpec
+from ecrf.database import Base, UTCDateTime, utcnow
+
+
+class Site(Audited, Base):
+    __tablename__ = "site"
+    __audit__ = AuditSpec("site", exclude=frozenset({"created_at"}))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: two-digit code that prefixes subject codes, e.g. "01"
+    code: Mapped[str] = mapped_column(sa.String(8), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    timezone: Mapped[str] = mapped_column(sa.String(64), default="Europe/Paris")
+    #: a site enrols only once activated
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def is_active_at(self, when: datetime) -> bool:
+        return self.activated_at is not None and self.activated_at <= when
+
+    def audit_path(self):
+        return {"site": self.code}
+
+
+class SubjectCounter(Base):
+    """Last subject number per site; its row lock makes code allocation race-free."""
+
+    __tablename__ = "subject_counter"
+
+    site_id: Mapped[int] = mapped_column(sa.ForeignKey("site.id"), primary_key=True)
+    last_number: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class SubjectStatus(enum.StrEnum):
+    SCREENING = "screening"
+    INCLUDED = "included"
+    SCREEN_FAILURE = "screen_failure"
+    COMPLETED = "completed"
+    WITHDRAWN = "withdrawn"
+    REMOVED = "removed"
+
+
+class Subject(Audited, Base):
+    __tablename__ = "subject"
+    __audit__ = AuditSpec("subject", exclude=frozenset({"created_at", "number"}))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(sa.ForeignKey("site.id"), index=True)
+    number: Mapped[int] = mapped_column(sa.Integer)
+    #: pseudonymous code "<site code>-<NNN>", never reused
+    code: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default=SubjectStatus.SCREENING.value)
+    status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    row_version: Mapped[int] = mapped_column(sa.Integer, default=1)
+
+    site: Mapped[Site] = relationship()
+
+    __table_args__ = (
+        sa.UniqueConstraint("site_id", "number", name="uq_subject_site_number"),
+        sa.CheckConstraint(
+            "status IN ('screening','included','screen_failure','completed','withdrawn','removed')",
+            name="status_known",
+        ),
+    )
+    __mapper_args__ = {"version_id_col": row_version}
+
+    def audit_path(self):
+        return {"site": self.site.code, "subject": self.code}

@@ -1,0 +1,85 @@
+"""Sites and subjects: activation, enrolment with race-free pseudonymous codes, status changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from ecrf.audit.reasons import Reason
+from ecrf.audit.unit_of_work import Actor, unit_of_work
+from ecrf.database import utcnow
+from ecrf.extensions import db
+from ecrf.study.models import Site, Subject, SubjectCounter, SubjectStatus
+
+S = SubjectStatus
+#: allowed status changes and whether they need a reason
+TRANSITIONS: dict[tuple[str, str], bool] = {
+    (S.SCREENING, S.INCLUDED): False,
+    (S.SCREENING, S.SCREEN_FAILURE): True,
+    (S.SCREENING, S.WITHDRAWN): True,
+    (S.INCLUDED, S.COMPLETED): False,
+    (S.INCLUDED, S.WITHDRAWN): True,
+    **{(s, S.REMOVED): True for s in (S.SCREENING, S.INCLUDED, S.SCREEN_FAILURE)},
+}
+
+
+class StudyError(ValueError):
+    """A study action that cannot be done; the message says why."""
+
+
+def create_site(actor: Actor, code: str, name: str, timezone: str = "Europe/Paris") -> Site:
+    code = code.strip()
+    if not (code.isdigit() and len(code) == 2):
+        raise StudyError("A site code is two digits, e.g. 01.")
+    if db.session.scalar(sa.select(Site).where(Site.code == code)) is not None:
+        raise StudyError(f"Site {code} exists.")
+    if not name.strip():
+        raise StudyError("A site needs a name.")
+    with unit_of_work(actor, Reason.system("site created")):
+        site = Site(code=code, name=name.strip(), timezone=timezone)
+        db.session.add(site)
+        db.session.flush()
+        db.session.add(SubjectCounter(site_id=site.id, last_number=0))
+    return site
+
+
+def activate_site(actor: Actor, site: Site, when: datetime | None = None) -> None:
+    """Record the date from which the site may enrol."""
+    if site.activated_at is not None:
+        raise StudyError(f"Site {site.code} was activated on {site.activated_at:%Y-%m-%d}.")
+    with unit_of_work(actor, Reason.system("site activated")):
+        site.activated_at = when or utcnow()
+
+
+def enrol_subject(actor: Actor, site: Site) -> Subject:
+    """Give the next code ``<site>-<NNN>`` under a row lock on the site's counter."""
+    if not site.is_active_at(utcnow()):
+        raise StudyError(f"Site {site.code} is not activated: it cannot enrol yet.")
+    with unit_of_work(actor):
+        counter = db.session.execute(
+            sa.select(SubjectCounter).where(SubjectCounter.site_id == site.id)
+            .with_for_update().execution_options(populate_existing=True)
+        ).scalar_one()
+        counter.last_number += 1
+        number = counter.last_number
+        subject = Subject(site=site, number=number, code=f"{site.code}-{number:03d}",
+                          status=S.SCREENING.value)
+        db.session.add(subject)
+    return subject
+
+
+def change_subject_status(actor: Actor, subject: Subject, new_status: str,
+                          reason: Reason | None = None) -> None:
+    try:
+        new = SubjectStatus(new_status)
+    except ValueError:
+        raise StudyError(f"Unknown status {new_status!r}.") from None
+    key = (SubjectStatus(subject.status), new)
+    if key not in TRANSITIONS:
+        raise StudyError(f"A subject cannot go from {subject.status} to {new.value}.")
+    if TRANSITIONS[key] and (reason is None or not reason.text.strip()):
+        raise StudyError(f"Changing the status to {new.value} needs a reason.")
+    with unit_of_work(actor, reason or Reason.system(f"status {new.value}")):
+        subject.status = new.value
+        subject.status_reason = reason.text if reason else None

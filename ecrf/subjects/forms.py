@@ -1,0 +1,19 @@
+"""Enrolment and subject status forms."""
+
+from flask_wtf import FlaskForm
+from wtforms import SelectField, StringField
+from wtforms.validators import DataRequired, Length
+
+from ecrf.study.models import SubjectStatus
+
+
+class EnrolForm(FlaskForm):
+    site = SelectField("Site", choices=[], validators=[DataRequired()])
+
+
+class StatusForm(FlaskForm):
+    status = SelectField("New status", choices=[(s.value, s.value.replace("_", " "))
+                                                for s in SubjectStatus],
+                         validators=[DataRequired()])
+    reason_text = StringField("Reason (required for screen failure, withdrawal, removal)",
+                              validators=[Length(max=500)])

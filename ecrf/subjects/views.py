@@ -1,0 +1,81 @@
+"""Subjects of the user's sites: list, enrolment, status."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+
+from ecrf.access.decorators import requires
+from ecrf.access.grants import Access
+from ecrf.access.scoping import site_or_404, sites_for, subject_or_404, visible
+from ecrf.audit.reasons import Reason
+from ecrf.extensions import db
+from ecrf.study import services
+from ecrf.study.models import Site, Subject
+from ecrf.study.services import TRANSITIONS
+from ecrf.subjects import bp
+from ecrf.subjects.forms import EnrolForm, StatusForm
+
+
+@bp.route("/")
+@requires("subject.view")
+def list_subjects():
+    page = max(request.args.get("page", 1, type=int), 1)
+    per_page = current_app.config["SUBJECTS_PER_PAGE"]
+    stmt = visible(sa.select(Subject).join(Site), Subject.site_id).order_by(Subject.code)
+    subjects = db.paginate(stmt, page=page, per_page=per_page, error_out=False)
+    enrol = Access.for_user(g.access.user, "subject.enrol")
+    form = None
+    if enrol:
+        form = EnrolForm()
+        form.site.choices = [(str(s.id), f"{s.code} {s.name}") for s in sites_for(enrol)
+                             if s.activated_at is not None]
+    return render_template("subjects/list.html", subjects=subjects, form=form)
+
+
+@bp.route("/enrol", methods=["POST"])
+@requires("subject.enrol")
+def enrol():
+    form = EnrolForm()
+    form.site.choices = [(str(s.id), s.code) for s in sites_for()]
+    if not form.validate_on_submit():
+        flash("Choose one of your sites.", "error")
+        return redirect(url_for("subjects.list_subjects"))
+    site = site_or_404(int(form.site.data))
+    try:
+        subject = services.enrol_subject(g.access.actor(site.id), site)
+    except services.StudyError as e:
+        flash(str(e), "error")
+        return redirect(url_for("subjects.list_subjects"))
+    flash(f"Subject {subject.code} is enrolled (screening).", "info")
+    return redirect(url_for("subjects.view_subject", code=subject.code))
+
+
+@bp.route("/<code>")
+@requires("subject.view")
+def view_subject(code: str):
+    subject = subject_or_404(code)
+    form = None
+    if Access.for_user(g.access.user, "subject.status").covers(subject.site_id):
+        form = StatusForm()
+        form.status.choices = [(new.value, new.value.replace("_", " "))
+                               for (old, new) in TRANSITIONS if old == subject.status]
+    return render_template("subjects/view.html", subject=subject, form=form)
+
+
+@bp.route("/<code>/status", methods=["POST"])
+@requires("subject.status")
+def change_status(code: str):
+    subject = subject_or_404(code)
+    form = StatusForm()
+    if not form.validate_on_submit():
+        abort(400)
+    text = (form.reason_text.data or "").strip()
+    try:
+        services.change_subject_status(g.access.actor(subject.site_id), subject, form.status.data,
+                                       Reason("other", text) if text else None)
+    except services.StudyError as e:
+        flash(str(e), "error")
+    else:
+        flash(f"{subject.code} is now {subject.status.replace('_', ' ')}.", "info")
+    return redirect(url_for("subjects.view_subject", code=subject.code))
