@@ -67,6 +67,7 @@ class TestConfig(Config):
         os.environ.get("ECRF_TEST_DATABASE_URL", "sqlite://")
     )
     WTF_CSRF_ENABLED = False  # tests that prove CSRF switch it back on
+    ARGON2_PROFILE = "CHEAPEST"  # fast hashing for the suite; production uses RFC 9106
 
 
 class ProductionConfig(Config):

@@ -74,8 +74,12 @@ GUARD_TRIGGERS = {
 
 
 def create_guards(conn: sa.Connection) -> None:
-    for statement in _SQLITE if conn.dialect.name == "sqlite" else _POSTGRES:
-        conn.exec_driver_sql(statement)
+    if conn.dialect.name == "sqlite":
+        for statement in _SQLITE:
+            conn.exec_driver_sql(statement)
+        return
+    for statement in _POSTGRES:
+        conn.exec_driver_sql(statement.replace("%", "%%"))  # the driver's paramstyle
 
 
 def existing_guards(conn: sa.Connection) -> set[str]:

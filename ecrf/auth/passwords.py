@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import secrets
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app, has_app_context
 
-_hasher = PasswordHasher()
+
+def _hasher() -> PasswordHasher:
+    """argon2id with the library's recommended parameters (a cheap profile only in tests)."""
+    name = current_app.config.get("ARGON2_PROFILE") if has_app_context() else None
+    return PasswordHasher.from_parameters(getattr(profiles, name or "RFC_9106_LOW_MEMORY"))
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
     if not stored_hash:
         return False
     try:
-        return _hasher.verify(stored_hash, password)
+        return _hasher().verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
 def needs_rehash(stored_hash: str) -> bool:
-    return _hasher.check_needs_rehash(stored_hash)
+    return _hasher().check_needs_rehash(stored_hash)
 
 
 def policy_problems(password: str, *, username: str, min_length: int,
