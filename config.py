@@ -62,7 +62,7 @@ class DevelopmentConfig(Config):
 class TestConfig(Config):
     ENV_NAME = "test"
     TESTING = True
-    SECRET_KEY = "test-secret"
+    SECRET_KEY = "test-secret"  # noqa: S105 (test configuration only)
     SQLALCHEMY_DATABASE_URI = normalise_database_url(
         os.environ.get("ECRF_TEST_DATABASE_URL", "sqlite://")
     )

@@ -27,7 +27,6 @@ CSP = (
 def create_app(config=None, **overrides) -> Flask:
     """Build the app: bind extensions, register blueprints, error handlers and the CLI."""
     import config as config_module
-
     from ecrf import models  # noqa: F401  (registers every table and the audit listeners)
     from ecrf.database import configure_engine
     from ecrf.extensions import csrf, db, login_manager, migrate

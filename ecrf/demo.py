@@ -93,6 +93,6 @@ def add_subjects(actor: Actor, n: int, *, seed: int) -> None:
 
 
 def echo_logins(echo, password: str) -> None:
-    echo("DEMO logins (password for all: %s):" % password)
-    for username, full_name, role, site_code in USERS:
+    echo(f"DEMO logins (password for all: {password}):")
+    for username, _full_name, role, site_code in USERS:
         echo(f"  {username:16} {role:13} {('site ' + site_code) if site_code else 'study-wide'}")

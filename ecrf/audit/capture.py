@@ -25,7 +25,7 @@ from ecrf.audit.unit_of_work import (
     UnauditedWriteError,
 )
 
-SECRET_MARK = "[not recorded]"
+SECRET_MARK = "[not recorded]"  # noqa: S105 (a placeholder, not a secret)
 
 
 def audit_text(value) -> str | None:

@@ -202,8 +202,7 @@ def iter_db_rows(session, batch: int = 5000) -> Iterator[dict]:
         chunk = session.execute(stmt).mappings().all()
         if not chunk:
             return
-        for row in chunk:
-            yield row
+        yield from chunk
         last = chunk[-1]["seq"]
 
 

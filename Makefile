@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README).
+# A second run reuses the virtual environment: it is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+# The PostgreSQL server the suite runs on; each run creates (and drops) a database of its own.
+PG_TEST_URL ?= postgresql://127.0.0.1:5432/test
+
+.PHONY: run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,prod]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ecrf db upgrade
+	$(BIN)/ecrf demo
+	@echo "ecrf is served on http://$(HOST):$(PORT) (Ctrl-C to stop)"
+	$(BIN)/ecrf run --host $(HOST) --port $(PORT)
+
+browser-deps:
+	@bash scripts/ensure-chromium.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test-sqlite: $(STAMP)
+	$(BIN)/pytest -m "not browser and not slow"
+
+test-postgres: $(STAMP)
+	ECRF_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest -m "not browser and not slow"
+
+test-browser: $(STAMP) browser-deps
+	$(BIN)/pytest -m browser
+
+# The whole suite: lint, SQLite, PostgreSQL and a real browser.
+test: lint test-sqlite test-postgres test-browser
+
+# Long evidence (fault injection, full fuzzing): its own target, a short version runs in `test`.
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
