@@ -5,6 +5,7 @@ from wtforms import DateTimeLocalField, EmailField, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp
 
 from ecrf.access.roles import ROLES
+from ecrf.forms.choices import choices
 from ecrf.forms.reason import ReasonFields
 
 
@@ -22,7 +23,7 @@ class ReasonForm(ReasonFields, FlaskForm):
 
 
 class GrantForm(FlaskForm):
-    role = SelectField("Role", choices=[(r.name, r.title) for r in ROLES.values()],
+    role = SelectField("Role", choices=choices((r.name, r.title) for r in ROLES.values()),
                        validators=[DataRequired()])
     site = SelectField("Site (site roles only)", choices=[], validate_choice=False)
     valid_from = DateTimeLocalField("Valid from (UTC)", validators=[Optional()],

@@ -16,6 +16,7 @@ from ecrf.admin.forms import ConfirmForm, GrantForm, ReasonForm, SiteForm, UserF
 from ecrf.auth import services as auth_services
 from ecrf.auth.models import User
 from ecrf.extensions import db
+from ecrf.forms.choices import choices
 from ecrf.study import services as study_services
 from ecrf.study.models import Site
 
@@ -62,7 +63,7 @@ def create_user():
 def view_user(user_id: int):
     user = _user_or_404(user_id)
     grant_form = GrantForm()
-    grant_form.site.choices = [("", "—")] + [(str(s.id), f"{s.code} {s.name}") for s in _sites()]
+    grant_form.site.choices = choices([("", "—")] + [(s.id, f"{s.code} {s.name}") for s in _sites()])
     return render_template("admin/user.html", user=user, grant_form=grant_form,
                            reason_form=ReasonForm())
 
@@ -108,7 +109,7 @@ def reset_password(user_id: int):
 def add_grant(user_id: int):
     user = _user_or_404(user_id)
     form = GrantForm()
-    form.site.choices = [("", "—")] + [(str(s.id), s.code) for s in _sites()]
+    form.site.choices = choices([("", "—")] + [(s.id, s.code) for s in _sites()])
     if form.validate_on_submit():
         site = db.session.get(Site, int(form.site.data)) if form.site.data else None
         when = [d.replace(tzinfo=UTC) if d else None for d in (form.valid_from.data,

@@ -75,8 +75,7 @@ def _after_flush(session: Session, _ctx) -> None:
 def _capture(uow, obj: Audited, *, created: bool) -> None:
     spec = obj.__audit__
     mapper = sa.inspect(type(obj))
-    state = sa.inspect(obj)
-    entity_id = state.identity[0] if state.identity else None
+    entity_id = mapper.primary_key_from_instance(obj)[0]
     path = obj.audit_path()
     action = f"{spec.entity}.{'create' if created else 'update'}"
     for column_attr in mapper.column_attrs:

@@ -4,12 +4,13 @@ from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
 from ecrf.audit.reasons import REASON_CODES, Reason
+from ecrf.forms.choices import choices
 
 
 class ReasonFields:
     """Mixin for a FlaskForm: a reason code from the short list plus free text."""
 
-    reason_code = SelectField("Reason for change", choices=list(REASON_CODES.items()),
+    reason_code = SelectField("Reason for change", choices=choices(REASON_CODES.items()),
                               validators=[DataRequired()])
     reason_text = StringField("Explanation", validators=[Length(max=500)])
 

@@ -4,6 +4,7 @@ from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
+from ecrf.forms.choices import choices
 from ecrf.study.models import SubjectStatus
 
 
@@ -12,8 +13,8 @@ class EnrolForm(FlaskForm):
 
 
 class StatusForm(FlaskForm):
-    status = SelectField("New status", choices=[(s.value, s.value.replace("_", " "))
-                                                for s in SubjectStatus],
+    status = SelectField("New status", choices=choices((s.value, s.value.replace("_", " "))
+                                                for s in SubjectStatus),
                          validators=[DataRequired()])
     reason_text = StringField("Reason (required for screen failure, withdrawal, removal)",
                               validators=[Length(max=500)])

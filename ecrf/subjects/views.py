@@ -10,6 +10,7 @@ from ecrf.access.grants import Access
 from ecrf.access.scoping import site_or_404, sites_for, subject_or_404, visible
 from ecrf.audit.reasons import Reason
 from ecrf.extensions import db
+from ecrf.forms.choices import choices
 from ecrf.study import services
 from ecrf.study.models import Site, Subject
 from ecrf.study.services import TRANSITIONS
@@ -28,8 +29,8 @@ def list_subjects():
     form = None
     if enrol:
         form = EnrolForm()
-        form.site.choices = [(str(s.id), f"{s.code} {s.name}") for s in sites_for(enrol)
-                             if s.activated_at is not None]
+        form.site.choices = choices((s.id, f"{s.code} {s.name}") for s in sites_for(enrol)
+                                   if s.activated_at is not None)
     return render_template("subjects/list.html", subjects=subjects, form=form)
 
 
@@ -37,7 +38,7 @@ def list_subjects():
 @requires("subject.enrol")
 def enrol():
     form = EnrolForm()
-    form.site.choices = [(str(s.id), s.code) for s in sites_for()]
+    form.site.choices = choices((s.id, s.code) for s in sites_for())
     if not form.validate_on_submit():
         flash("Choose one of your sites.", "error")
         return redirect(url_for("subjects.list_subjects"))
@@ -58,8 +59,8 @@ def view_subject(code: str):
     form = None
     if Access.for_user(g.access.user, "subject.status").covers(subject.site_id):
         form = StatusForm()
-        form.status.choices = [(new.value, new.value.replace("_", " "))
-                               for (old, new) in TRANSITIONS if old == subject.status]
+        form.status.choices = choices((new.value, new.value.replace("_", " "))
+                                      for (old, new) in TRANSITIONS if old == subject.status)
     return render_template("subjects/view.html", subject=subject, form=form)
 
 
