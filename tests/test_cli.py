@@ -1,0 +1,132 @@
+"""The ecrf console script: a thin shell over the audited services (every write attributed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from ecrf.audit.models import AuditRecord
+from ecrf.auth.models import User
+from ecrf.study.models import Site, Subject
+from tests.factories import audit_rows
+
+
+def test_the_first_admin_can_be_created_on_an_empty_database(runner, db):
+    result = runner.invoke(args=["users", "create", "first-admin", "--full-name", "First Admin",
+                                 "--role", "admin"])
+    assert result.exit_code == 0, result.output
+    assert "Temporary password" in result.output
+    created = audit_rows(action="auth.account_created")
+    assert created[-1].username == "system"  # attributed to the named system account
+    user = db.session.scalar(sa.select(User).where(User.username == "first-admin"))
+    assert user.must_change_password and user.grants[0].role == "admin"
+
+
+def test_once_an_admin_exists_every_cli_write_needs_a_named_user(runner, make, db):
+    make.user("root", role="admin")
+    refused = runner.invoke(args=["users", "create", "bob", "--full-name", "Bob"])
+    assert refused.exit_code != 0 and "--as USERNAME" in refused.output
+    second_admin = runner.invoke(args=["users", "create", "eve", "--full-name", "Eve",
+                                       "--role", "admin"])
+    assert second_admin.exit_code != 0
+    done = runner.invoke(args=["users", "create", "bob", "--full-name", "Bob", "--role", "monitor",
+                               "--site", make.site("01").code, "--as", "root"])
+    assert done.exit_code == 0, done.output
+    rows = [r for r in audit_rows() if r.action in ("auth.account_created", "grant.create")
+            and r.seq > 0 and r.username == "root"]
+    assert rows and all(r.role == "admin" and r.grant_id is not None for r in rows)
+
+
+def test_a_user_without_the_permission_cannot_act_through_the_cli(runner, make, db):
+    make.user("inv", role="investigator", site="01")
+    result = runner.invoke(args=["users", "create", "x", "--full-name", "X", "--as", "inv"])
+    assert result.exit_code != 0 and "does not hold the permission users.manage" in result.output
+    assert db.session.scalar(sa.select(User).where(User.username == "x")) is None
+
+
+def test_grant_unlock_revoke_and_reset_from_the_cli(runner, make, app, login, db):
+    make.user("root", role="admin")
+    make.site("02")
+    make.user("mon")
+    out = runner.invoke(args=["users", "grant", "mon", "monitor", "--site", "02",
+                              "--valid-to", "2099-01-01T00:00", "--as", "root"])
+    assert out.exit_code == 0, out.output
+    grant_id = int(out.output.split()[1].rstrip(":"))
+    for _ in range(app.config["LOGIN_MAX_FAILURES"]):
+        login("mon", "wrong-password-123")
+    assert runner.invoke(args=["users", "unlock", "mon", "--as", "root"]).exit_code == 0
+    revoke = runner.invoke(args=["users", "revoke", str(grant_id), "--reason", "other",
+                                 "--explain", "end of monitoring", "--as", "root"])
+    assert revoke.exit_code == 0, revoke.output
+    reset = runner.invoke(args=["users", "reset-password", "mon", "--as", "root"])
+    assert "Temporary password for mon" in reset.output
+    actions = [r.action for r in audit_rows(username="root")]
+    assert {"grant.create", "auth.unlocked", "grant.update", "auth.password_reset"} <= set(actions)
+
+
+def test_other_is_refused_as_a_reason_without_an_explanation(runner, make, db):
+    make.user("root", role="admin")
+    make.user("gus", role="auditor")
+    result = runner.invoke(args=["users", "deactivate", "gus", "--reason", "other", "--as", "root"])
+    assert result.exit_code != 0 and "needs an explanation" in result.output
+
+
+def test_sites_are_created_and_activated_from_the_cli(runner, make, db):
+    make.user("root", role="admin")
+    assert runner.invoke(args=["sites", "create", "07", "CHU Lille", "--as", "root"]).exit_code == 0
+    assert runner.invoke(args=["sites", "activate", "07", "--as", "root"]).exit_code == 0
+    site = db.session.scalar(sa.select(Site).where(Site.code == "07"))
+    assert site.activated_at is not None
+    assert audit_rows(action="site.update", field="activated_at")[-1].username == "root"
+
+
+def test_demo_loads_two_sites_one_user_per_role_and_subjects_through_audited_services(runner, db):
+    result = runner.invoke(args=["demo", "--subjects", "12"])
+    assert result.exit_code == 0, result.output
+    assert "DEMO logins" in result.output and "Demo-" in result.output
+    codes = sorted(db.session.scalars(sa.select(Site.code)))
+    assert codes == ["01", "02"]
+    names = set(db.session.scalars(sa.select(Site.name)))
+    assert all("DEMO" in n for n in names)
+    subjects = db.session.scalars(sa.select(Subject)).all()
+    assert len(subjects) == 12 and {s.site.code for s in subjects} == {"01", "02"}
+    enrolments = audit_rows(action="subject.create", field="code")
+    assert len(enrolments) == 12 and {r.username for r in enrolments} == {"demo-loader"}
+    roles = {g.role for u in db.session.scalars(sa.select(User)) for g in u.grants}
+    assert roles == {"investigator", "monitor", "data_manager", "auditor", "admin"}
+    again = runner.invoke(args=["demo"])
+    assert "already loaded" in again.output
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Subject)) == 12
+
+
+def test_demo_refuses_to_run_in_a_production_configuration(runner, app, monkeypatch, db):
+    monkeypatch.setitem(app.config, "ENV_NAME", "production")
+    before = db.session.scalar(sa.select(sa.func.count()).select_from(AuditRecord))
+    result = runner.invoke(args=["demo"])
+    assert result.exit_code != 0 and "never loaded into a production" in result.output
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditRecord)) == before
+
+
+def test_the_roles_table_is_printed_from_the_code(runner):
+    result = runner.invoke(args=["access", "table"])
+    assert "| `users.manage` |" in result.output and "investigator" in result.output
+
+
+def test_ecrf_and_flask_app_wsgi_give_the_same_commands(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite'}",
+           "ECRF_CONFIG": "development"}
+    bin_dir = os.path.dirname(sys.executable)
+    for command in ([f"{bin_dir}/ecrf"], [f"{bin_dir}/flask", "--app", "wsgi"]):
+        out = subprocess.run([*command, "--help"], env=env, capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(__file__)), check=True).stdout
+        for group in ("users", "demo", "audit", "db", "run", "sites"):
+            assert f"  {group}" in out, (command, group)
+    upgraded = subprocess.run([f"{bin_dir}/ecrf", "db", "upgrade"], env=env, capture_output=True,
+                              text=True, check=False)
+    assert upgraded.returncode == 0, upgraded.stderr
+    verify = subprocess.run([f"{bin_dir}/ecrf", "audit", "verify"], env=env, capture_output=True,
+                            text=True, check=False)
+    assert verify.returncode == 0 and "Chain OK" in verify.stdout
