@@ -8,7 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-INSTANCE_DIR = Path(os.environ.get("ECRF_INSTANCE_DIR", Path(__file__).resolve().parent / "instance"))
+_SOURCE_TREE = Path(__file__).resolve().parent
+#: where the embedded SQLite database lives: instance/ in a source checkout, else the working folder
+INSTANCE_DIR = Path(os.environ.get(
+    "ECRF_INSTANCE_DIR",
+    (_SOURCE_TREE if (_SOURCE_TREE / "pyproject.toml").exists() else Path.cwd()) / "instance",
+))
 
 
 def normalise_database_url(url: str) -> str:

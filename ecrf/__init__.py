@@ -11,11 +11,17 @@ from flask_login import current_user
 
 __version__ = "0.1.0"
 
-MIGRATIONS_DIR = next(
-    (str(p) for p in (Path(__file__).resolve().parent.parent / "migrations",
-                      Path(__file__).resolve().parent / "migrations") if (p / "env.py").exists()),
-    "migrations",
-)
+def _migrations_dir() -> str:
+    """The repository's migrations/, or the copy installed beside the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("migrations")
+    if spec is not None and spec.origin:
+        return str(Path(spec.origin).parent)
+    return str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
