@@ -4,11 +4,12 @@ from ecrf.access.models import Grant
 from ecrf.audit import capture
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
+from ecrf.casebook.models import FormInstance, ItemValue, Submission
 from ecrf.study.models import Site, Subject, SubjectCounter
 
 capture.install()
 
 __all__ = [
-    "AuditRecord", "AuditValue", "ChainHead", "Grant", "PasswordHistory", "Site", "Subject",
+    "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission", "PasswordHistory", "Site", "Subject",
     "SubjectCounter", "User", "UserSession",
 ]

@@ -72,38 +72,53 @@ def _after_flush(session: Session, _ctx) -> None:
             _capture(uow, obj, created=False)
 
 
-def _capture(uow, obj: Audited, *, created: bool) -> None:
-    spec = obj.__audit__
-    mapper = sa.inspect(type(obj))
-    entity_id = mapper.primary_key_from_instance(obj)[0]
-    path = obj.audit_path()
-    action = f"{spec.entity}.{'create' if created else 'update'}"
+def _column_values(obj: Audited, mapper, spec, *, created: bool):
+    """Old and new value of each audited column, from the attribute history."""
+    old, new, changed = {}, {}, False
     for column_attr in mapper.column_attrs:
         key = column_attr.key
         if key in spec.exclude:
             continue
         hist = attributes.get_history(obj, key)
+        current = hist.added[0] if hist.added else (
+            hist.unchanged[0] if hist.unchanged else getattr(obj, key))
         if created:
-            new = hist.added[0] if hist.added else getattr(obj, key)
-            if new is None:
-                continue
-            old = None
+            old[key], new[key] = None, current
+        elif hist.has_changes():
+            old[key] = hist.deleted[0] if hist.deleted else None
+            new[key] = current
+            changed = True
         else:
-            if not hist.has_changes():
-                continue
-            old = hist.deleted[0] if hist.deleted else None
-            new = hist.added[0] if hist.added else None
-            if audit_text(old) == audit_text(new):
-                continue
-        if key in spec.secret:
-            old_text = SECRET_MARK if old is not None else None
-            new_text = SECRET_MARK if new is not None else None
-        else:
-            old_text, new_text = audit_text(old), audit_text(new)
-        if old_text is not None and uow.reason is None:
+            old[key] = new[key] = current
+    return old, new, changed or created
+
+
+def _texts(values: dict, spec) -> dict[str, str | None]:
+    if spec.compose is not None:
+        return spec.compose(values)
+    return {k: (SECRET_MARK if v is not None else None) if k in spec.secret else audit_text(v)
+            for k, v in values.items()}
+
+
+def _capture(uow, obj: Audited, *, created: bool) -> None:
+    spec = obj.__audit__
+    mapper = sa.inspect(type(obj))
+    old_cols, new_cols, changed = _column_values(obj, mapper, spec, created=created)
+    if not changed:
+        return
+    old, new = _texts(old_cols, spec), _texts(new_cols, spec)
+    entity_id = mapper.primary_key_from_instance(obj)[0]
+    path = obj.audit_path()
+    action = f"{spec.entity}.{'create' if created else 'update'}"
+    reason = obj.audit_reason or uow.reason
+    for key, new_text in new.items():
+        old_text = old.get(key)
+        if old_text == new_text or (created and new_text is None):
+            continue
+        if old_text is not None and reason is None:
             raise ReasonRequiredError(f"{spec.entity} {entity_id} {key}")
         uow.record(action, spec.entity, entity_id, path=path, field=key,
-                   old=old_text, new=new_text)
+                   old=old_text, new=new_text, reason=reason)
 
 
 def _refuse_bulk(state) -> None:

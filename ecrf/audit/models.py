@@ -24,10 +24,13 @@ class AuditSpec:
     """
 
     def __init__(self, entity: str, *, exclude: frozenset[str] = frozenset(),
-                 secret: frozenset[str] = frozenset()):
+                 secret: frozenset[str] = frozenset(), compose=None):
         self.entity = entity
         self.exclude = frozenset(exclude) | {"id", "row_version"}
         self.secret = frozenset(secret)
+        #: optional: column values -> {field: text}, when several columns make one audited value
+        #: (an item's typed value columns and its null flavor make one "value")
+        self.compose = compose
 
 
 class Audited:
@@ -38,6 +41,10 @@ class Audited:
     """
 
     __audit__: ClassVar[AuditSpec]
+
+    #: a reason that applies to this object's change instead of the unit of work's (set by a
+    #: service, e.g. "derived value recalculated"); never stored
+    audit_reason = None
 
     def audit_path(self) -> dict[str, str | None]:
         """Key path of this row: site, subject, visit, form, item (whatever applies)."""
@@ -84,6 +91,7 @@ class AuditRecord(Base):
 
     __table_args__ = (
         sa.Index("ix_audit_trail_entity", "entity_type", "entity_id", "seq"),
+        sa.Index("ix_audit_trail_item", "subject", "form", "item", "seq"),
     )
 
 

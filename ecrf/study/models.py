@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -61,6 +61,8 @@ class Subject(Audited, Base):
     code: Mapped[str] = mapped_column(sa.String(16), unique=True)
     status: Mapped[str] = mapped_column(sa.String(16), default=SubjectStatus.SCREENING.value)
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    #: D0 of the visit schedule: the date of inclusion, in the site's time zone
+    inclusion_date: Mapped[date | None] = mapped_column(sa.Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     row_version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
