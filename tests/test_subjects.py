@@ -91,4 +91,4 @@ def test_a_withdrawal_without_reason_from_the_web_saves_nothing(make, login_as, 
 def test_no_identifier_is_stored_about_a_subject(db):
     columns = set(sa.inspect(Subject).columns.keys())
     assert columns == {"id", "site_id", "number", "code", "status", "status_reason", "created_at",
-                       "row_version"}
+                       "row_version", "inclusion_date"}
