@@ -24,27 +24,21 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
 class Config:
     ENV_NAME = "base"
-    SECRET_KEY = os.environ.get("SECRET_KEY")
-    SQLALCHEMY_DATABASE_URI = normalise_database_url(
-        os.environ.get("DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'ecrf.sqlite'}")
-    )
+    SECRET_KEY = None
+    SQLALCHEMY_DATABASE_URI = f"sqlite:///{INSTANCE_DIR / 'ecrf.sqlite'}"
     # Migrations may run as a separate owner role (least privilege for the app role).
-    MIGRATION_DATABASE_URL = os.environ.get("MIGRATION_DATABASE_URL")
+    MIGRATION_DATABASE_URL = None
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
     # Accounts (21 CFR 11.300): all configurable, defaults from the Foundation requirements.
-    PASSWORD_MIN_LENGTH = _env_int("ECRF_PASSWORD_MIN_LENGTH", 12)
-    PASSWORD_HISTORY = _env_int("ECRF_PASSWORD_HISTORY", 5)
-    LOGIN_MAX_FAILURES = _env_int("ECRF_LOGIN_MAX_FAILURES", 5)
+    PASSWORD_MIN_LENGTH = 12
+    PASSWORD_HISTORY = 5
+    LOGIN_MAX_FAILURES = 5
     # Minutes a locked account stays locked; 0 means until an administrator unlocks it.
-    LOCKOUT_MINUTES = _env_int("ECRF_LOCKOUT_MINUTES", 30)
-    SESSION_IDLE_MINUTES = _env_int("ECRF_SESSION_IDLE_MINUTES", 30)
+    LOCKOUT_MINUTES = 30
+    SESSION_IDLE_MINUTES = 30
     # How often (seconds) a session's last activity is written back; bounds write load.
     SESSION_TOUCH_SECONDS = 30
 
@@ -54,23 +48,21 @@ class Config:
     WTF_CSRF_ENABLED = True
     WTF_CSRF_TIME_LIMIT = None  # the server-side session time-out bounds the token's life
 
-    DEMO_PASSWORD = os.environ.get("ECRF_DEMO_PASSWORD", "Demo-JAKAHDI-2026")
+    DEMO_PASSWORD = "Demo-JAKAHDI-2026"
     SUBJECTS_PER_PAGE = 50
     AUDIT_PER_PAGE = 100
 
 
 class DevelopmentConfig(Config):
     ENV_NAME = "development"
-    SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-secret-not-for-production")
+    SECRET_KEY = "dev-only-secret-not-for-production"  # noqa: S105 (development only)
 
 
 class TestConfig(Config):
     ENV_NAME = "test"
     TESTING = True
     SECRET_KEY = "test-secret"  # noqa: S105 (test configuration only)
-    SQLALCHEMY_DATABASE_URI = normalise_database_url(
-        os.environ.get("ECRF_TEST_DATABASE_URL", "sqlite://")
-    )
+    SQLALCHEMY_DATABASE_URI = "sqlite://"
     WTF_CSRF_ENABLED = False  # tests that prove CSRF switch it back on
     ARGON2_PROFILE = "CHEAPEST"  # fast hashing for the suite; production uses RFC 9106
 
@@ -89,6 +81,28 @@ class ProductionConfig(Config):
             raise RuntimeError(
                 "Production configuration refuses to start without: " + ", ".join(missing)
             )
+
+
+#: environment variable -> (config key, converter); read when the app is created, not at import
+ENVIRONMENT = {
+    "SECRET_KEY": ("SECRET_KEY", str),
+    "DATABASE_URL": ("SQLALCHEMY_DATABASE_URI", normalise_database_url),
+    "MIGRATION_DATABASE_URL": ("MIGRATION_DATABASE_URL", str),
+    "ECRF_PASSWORD_MIN_LENGTH": ("PASSWORD_MIN_LENGTH", int),
+    "ECRF_PASSWORD_HISTORY": ("PASSWORD_HISTORY", int),
+    "ECRF_LOGIN_MAX_FAILURES": ("LOGIN_MAX_FAILURES", int),
+    "ECRF_LOCKOUT_MINUTES": ("LOCKOUT_MINUTES", int),
+    "ECRF_SESSION_IDLE_MINUTES": ("SESSION_IDLE_MINUTES", int),
+    "ECRF_DEMO_PASSWORD": ("DEMO_PASSWORD", str),
+}
+
+
+def from_environment(config_class: type[Config]) -> dict:
+    """Settings given in the environment (the test configuration ignores it)."""
+    if config_class is TestConfig:
+        return {}
+    return {key: convert(os.environ[name]) for name, (key, convert) in ENVIRONMENT.items()
+            if os.environ.get(name)}
 
 
 CONFIGS = {

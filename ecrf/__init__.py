@@ -42,14 +42,16 @@ def create_app(config=None, **overrides) -> Flask:
     if isinstance(config, str):
         config = config_module.CONFIGS[config]
     app.config.from_object(config)
+    environment = config_module.from_environment(config)
+    app.config.update(environment)
     if "DATABASE_URL" in overrides:
         overrides["SQLALCHEMY_DATABASE_URI"] = config_module.normalise_database_url(
             overrides.pop("DATABASE_URL"))
     app.config.update(overrides)
     if config is config_module.ProductionConfig:
-        explicit = {n for n in ("SECRET_KEY", "DATABASE_URL") if os.environ.get(n)}
-        explicit |= {"SECRET_KEY"} if "SECRET_KEY" in overrides else set()
-        explicit |= {"DATABASE_URL"} if "SQLALCHEMY_DATABASE_URI" in overrides else set()
+        given = set(environment) | set(overrides)
+        explicit = {"SECRET_KEY"} & given
+        explicit |= {"DATABASE_URL"} if "SQLALCHEMY_DATABASE_URI" in given else set()
         config.check(app.config, explicit)
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         Path(app.config["SQLALCHEMY_DATABASE_URI"][len("sqlite:///"):]).parent.mkdir(
@@ -61,6 +63,7 @@ def create_app(config=None, **overrides) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)
     _init_login(app, login_manager)
+    _load_study(app)
     _register_blueprints(app)
     _register_hooks(app)
     _register_errors(app)
@@ -69,6 +72,16 @@ def create_app(config=None, **overrides) -> Flask:
 
     register_commands(app)
     return app
+
+
+def _load_study(app: Flask) -> None:
+    """Load and validate the CRF definitions and the schedule; a bad one stops the app here."""
+    from ecrf.forms import registry
+    from ecrf.study.schedule import SCHEDULE
+
+    app.extensions["ecrf.registry"] = registry.load(
+        app.config.get("CRF_MODULES"), app.config.get("SCHEDULE") or SCHEDULE,
+        app.config.get("EXTRA_CRF_MODULES", ()))
 
 
 def _init_login(app: Flask, login_manager) -> None:

@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 
 FORMAT_VERSION = 1
+#: the action of the audit record that masks a kept value (its entity_id is the masked seq)
+REDACTION_ACTION = "audit.redact"
 GENESIS_HASH = "0" * 64
 HASHED_FIELDS = (
     "v", "seq", "recorded_at", "user_id", "username", "role", "actor_site", "grant_id",
@@ -71,10 +73,10 @@ def _lock_head(conn: sa.Connection):
     return seq, last_hash, now
 
 
-def append(session, uow) -> None:
-    """Append the unit of work's events to the chain, inside its transaction."""
+def append(session, uow) -> list[int]:
+    """Append the unit of work's events to the chain, inside its transaction; their seqs."""
     if not uow.events:
-        return
+        return []
     conn = session.connection()
     seq, prev, now = _lock_head(conn)
     actor = uow.actor
@@ -107,6 +109,7 @@ def append(session, uow) -> None:
         .values(last_seq=seq, last_hash=prev, last_recorded_at=now)
     )
     uow.events.clear()
+    return [r["seq"] for r in rows]
 
 
 # --- verification -------------------------------------------------------------------------
@@ -119,6 +122,8 @@ class VerifyResult:
     head_hash: str = GENESIS_HASH
     problems: list[tuple[int, str]] = field(default_factory=list)
     redacted: list[int] = field(default_factory=list)
+    #: masked row seq -> the seq its audit_value names as the redaction
+    redaction_claims: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -139,6 +144,7 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
     result = VerifyResult()
     expected_seq, prev = 1, GENESIS_HASH
     hash_at_expected = None
+    redactions: dict[int, str] = {}  # seq of a redaction record -> the seq it masks
     for row in rows:
         row = dict(row)
         row.setdefault("v", row.get("format_version"))
@@ -153,12 +159,18 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
             result.problems.append((seq, "row content does not match its row_hash"))
         else:
             _check_values(row, result)
+            if row["action"] == REDACTION_ACTION:
+                redactions[seq] = row["entity_id"]
         expected_seq, prev = seq + 1, row["row_hash"]
         if expect_head is not None and seq == expect_head[0]:
             hash_at_expected = row["row_hash"]
         result.head_seq, result.head_hash = seq, row["row_hash"]
         if result.problems:
             return result  # the first bad row is the finding; later rows follow from it
+    for seq in result.redacted:  # a masked value must name a recorded redaction of itself
+        if redactions.get(result.redaction_claims[seq]) != str(seq):
+            result.problems.append((seq, "value masked without a recorded redaction"))
+            return result
     head = (result.head_seq, result.head_hash)
     if stored_head is not None and stored_head != head:
         result.problems.append((stored_head[0],
@@ -181,7 +193,9 @@ def _check_values(row: dict, result: VerifyResult) -> None:
         value, salt, digest = row.get(f"{side}_value"), row.get(f"{side}_salt"), row[f"{side}_digest"]
         if value is None and salt is None and digest is not None:
             if row.get("redacted_seq"):
-                result.redacted.append(row["seq"])
+                if row["seq"] not in result.redaction_claims:
+                    result.redacted.append(row["seq"])
+                result.redaction_claims[row["seq"]] = row["redacted_seq"]
                 continue
             result.problems.append((row["seq"], f"{side} value missing without a redaction"))
             return

@@ -61,6 +61,8 @@ class UnitOfWork:
     request_id: str
     client: str | None
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: callbacks run inside the transaction once the events have their seq numbers
+    after_append: list = field(default_factory=list)
 
     def record(self, action: str, entity_type: str, entity_id: Any = None, *,
                path: dict[str, str | None] | None = None, field: str | None = None,
@@ -107,7 +109,9 @@ def unit_of_work(actor: Actor, reason: Reason | None = None) -> Iterator[UnitOfW
     try:
         yield uow
         session.flush()
-        chain.append(session, uow)
+        seqs = chain.append(session, uow)
+        for callback in uow.after_append:
+            callback(session, seqs)
         session.commit()
     except BaseException:
         session.rollback()

@@ -9,7 +9,8 @@ from ecrf.study.models import SubjectStatus
 
 
 class EnrolForm(FlaskForm):
-    site = SelectField("Site", choices=[], validators=[DataRequired()])
+    # the view checks the site against the user's grants (site_or_404 records a refusal)
+    site = SelectField("Site", choices=[], validators=[DataRequired()], validate_choice=False)
 
 
 class StatusForm(FlaskForm):

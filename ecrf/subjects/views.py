@@ -38,11 +38,11 @@ def list_subjects():
 @requires("subject.enrol")
 def enrol():
     form = EnrolForm()
-    form.site.choices = choices((s.id, s.code) for s in sites_for())
-    if not form.validate_on_submit():
+    site_id = form.site.data or ""
+    if not form.validate_on_submit() or not site_id.isdigit():
         flash("Choose one of your sites.", "error")
         return redirect(url_for("subjects.list_subjects"))
-    site = site_or_404(int(form.site.data))
+    site = site_or_404(int(site_id))  # another site's id: 404, and the refusal is recorded
     try:
         subject = services.enrol_subject(g.access.actor(site.id), site)
     except services.StudyError as e:

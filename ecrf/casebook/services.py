@@ -1,0 +1,356 @@
+"""Saving a CRF: parse, check, derive, detect conflicts and changes, then one audited write.
+
+The web form, the CLI and the demo loader all call ``save_form``, so they get the same parsing,
+edit checks, derived values and audit. Nothing is stored unless every value parses and no hard
+check fails; a change to a saved value needs a reason; soft checks need a confirmation, which is
+recorded; a stale row version is a conflict that loses nothing; a reused token saves nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm.exc import StaleDataError
+
+from ecrf.audit.reasons import Reason
+from ecrf.audit.unit_of_work import Actor, unit_of_work
+from ecrf.casebook.models import VALUE_COLUMNS, FormInstance, FormStatus, ItemValue, Submission
+from ecrf.database import utcnow
+from ecrf.extensions import db
+from ecrf.forms.definition import CRF, Finding, Item, visible
+from ecrf.forms.items import NULL_FLAVORS, DateTime, ItemValueError
+from ecrf.study.models import Subject
+
+log = logging.getLogger(__name__)
+DERIVED_REASON = Reason.system("derived value recalculated")
+
+
+@dataclass(frozen=True)
+class NullFlavor:
+    code: str
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a form lives in a casebook; ``form_repeat`` None asks for a new repeating instance."""
+
+    visit_key: str
+    visit_repeat: int = 1
+    form_repeat: int | None = 1
+
+
+@dataclass
+class Submitted:
+    """What a user (or a loader) typed: raw text per item, and null flavors per item."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    null_flavors: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class SaveResult:
+    outcome: str  # saved, unchanged, invalid, needs_reason, needs_confirmation, conflict, duplicate
+    instance: FormInstance | None = None
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[Finding] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    current: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("saved", "unchanged", "duplicate")
+
+
+def registry():
+    return current_app.extensions["ecrf.registry"]
+
+
+def get_instance(subject: Subject, crf_key: str, slot: Slot) -> FormInstance | None:
+    if slot.form_repeat is None:
+        return None
+    return db.session.scalar(sa.select(FormInstance).where(
+        FormInstance.subject_id == subject.id, FormInstance.visit_key == slot.visit_key,
+        FormInstance.visit_repeat == slot.visit_repeat, FormInstance.crf_key == crf_key,
+        FormInstance.form_repeat == slot.form_repeat))
+
+
+def definition_for(crf_key: str, instance: FormInstance | None) -> CRF:
+    """Data keep the definition version they were entered against."""
+    if instance is not None:
+        return registry().version(crf_key, instance.crf_version)
+    return registry().current(crf_key)
+
+
+# --- reading values --------------------------------------------------------------------------
+
+
+def stored(item_value: ItemValue | None, item: Item) -> Any:
+    """The Python value of a stored item (a NullFlavor for a null flavor, None when empty)."""
+    if item_value is None:
+        return None
+    if item_value.null_flavor:
+        return NullFlavor(item_value.null_flavor, item_value.null_comment or "")
+    raw = getattr(item_value, item.type.column)
+    if raw is None:
+        return None
+    if item.type.column == "value_text" and item.type.multiple:
+        return item.type.from_text(raw)
+    return raw
+
+
+def instance_values(instance: FormInstance | None, crf: CRF) -> dict[str, Any]:
+    if instance is None:
+        return {}
+    by_key = {v.item_key: v for v in instance.values}
+    return {item.key: stored(by_key.get(item.key), item) for item in crf.items}
+
+
+def plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Values as checks and derivations see them: a null flavor counts as no value."""
+    return {k: (None if isinstance(v, NullFlavor) else v) for k, v in values.items()}
+
+
+def value_text(item: Item, value: Any) -> str | None:
+    """The canonical text of a value (the same the audit trail keeps)."""
+    if value is None:
+        return None
+    if isinstance(value, NullFlavor):
+        return f"[{value.code}]" + (f" {value.comment}" if value.comment else "")
+    return item.type.text(value)
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+def parse(crf: CRF, submitted: Submitted, tz: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Raw input -> values, or messages per item. Derived items are never taken from input."""
+    values: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for item in crf.items:
+        if item.derived:
+            continue
+        raw = submitted.values.get(item.key)
+        flavor = submitted.null_flavors.get(item.key)
+        try:
+            values[item.key] = _parse_one(item, raw, flavor, tz)
+        except ItemValueError as e:
+            errors.setdefault(item.key, []).append(str(e))
+    unknown = set(submitted.values) - {i.key for i in crf.items}
+    for key in sorted(unknown):
+        errors.setdefault("_form", []).append(f"Unknown item {key!r} for this form.")
+    derived_sent = [i.key for i in crf.items if i.derived and not i.type.is_empty(
+        submitted.values.get(i.key))]
+    for key in derived_sent:
+        errors.setdefault(key, []).append("This value is computed by the system, not entered.")
+    for item in crf.items:
+        if item.derived or item.key in errors:
+            continue
+        value = values.get(item.key)
+        if value is not None and not visible(item, plain(values)):
+            errors.setdefault(item.key, []).append(
+                "This item does not apply given the other answers: leave it empty.")
+    return values, errors
+
+
+def _parse_one(item: Item, raw, flavor, tz: str):
+    if flavor and flavor[0]:
+        code, comment = flavor[0], (flavor[1] or "").strip()
+        if code not in NULL_FLAVORS:
+            raise ItemValueError(f"Unknown null flavor {code!r}.")
+        if not item.type.is_empty(raw):
+            raise ItemValueError("Give either a value or a reason it is missing, not both.")
+        if len(comment) > 500:
+            raise ItemValueError("The comment is limited to 500 characters.")
+        return NullFlavor(code, comment)
+    if item.type.is_empty(raw):
+        return None
+    if isinstance(raw, list) and not item.type.multiple:
+        raise ItemValueError("Only one value is expected.")
+    if isinstance(raw, str) and len(raw) > 10_000:
+        raise ItemValueError("The value is too long.")
+    if isinstance(item.type, DateTime):
+        value = item.type.parse(raw, tz)
+    elif item.type.multiple:
+        value = item.type.parse(raw)
+    else:
+        value = item.type.parse(str(raw).strip())
+    if item.hard is not None and not item.hard.contains(value):
+        raise ItemValueError(
+            f"{item.label} must be {item.hard.describe()}"
+            + (f" {item.unit}" if item.unit else "") + f"; found {item.type.text(value)}.")
+    return value
+
+
+def derive(crf: CRF, values: dict[str, Any]) -> dict[str, Any]:
+    """Compute derived items from the entered values (in definition order)."""
+    result = dict(values)
+    for item in crf.items:
+        if item.derived:
+            try:
+                result[item.key] = item.derive(plain(result))
+            except (ValueError, TypeError, ArithmeticError) as e:
+                log.info("derivation of %s.%s gave no value: %s", crf.key, item.key, e)
+                result[item.key] = None
+    return result
+
+
+def run_checks(crf: CRF, values: dict[str, Any], context=None) -> list[Finding]:
+    findings = []
+    p = plain(values)
+    for item in crf.items:
+        value = p.get(item.key)
+        if value is not None and item.soft is not None and not item.soft.contains(value):
+            findings.append(Finding(
+                f"{crf.key.upper()}-{item.key}-RANGE", "soft",
+                f"{item.label} is usually {item.soft.describe()}"
+                + (f" {item.unit}" if item.unit else "") + f"; found {item.type.text(value)}. "
+                "Confirm the value is right.", (item.key,)))
+    for check in crf.checks:
+        finding = check.run(p, context)
+        if finding is not None:
+            findings.append(finding)
+    return findings
+
+
+def form_status(crf: CRF, values: dict[str, Any]) -> FormStatus:
+    p = plain(values)
+    for item in crf.items:
+        if item.required and visible(item, p) and values.get(item.key) is None:
+            return FormStatus.INCOMPLETE
+    return FormStatus.COMPLETE
+
+
+def _apply(item: Item, row: ItemValue, value: Any) -> None:
+    for column in VALUE_COLUMNS:
+        setattr(row, column, None)
+    row.null_flavor = row.null_comment = None
+    if isinstance(value, NullFlavor):
+        row.null_flavor, row.null_comment = value.code, value.comment or None
+    elif value is not None:
+        stored_value = item.type.text(value) if item.type.multiple else value
+        setattr(row, item.type.column, stored_value)
+
+
+def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitted: Submitted, *,
+              reason: Reason | None = None, row_version: int | None = None,
+              token: str | None = None, confirmed: frozenset[str] | set[str] = frozenset(),
+              context=None) -> SaveResult:
+    """Validate and save one form; see the module docstring for the outcomes."""
+    if token:
+        done = db.session.get(Submission, token)
+        if done is not None:
+            return SaveResult("duplicate", db.session.get(FormInstance, done.form_instance_id))
+    instance = get_instance(subject, crf_key, slot)
+    crf = definition_for(crf_key, instance)
+    values, errors = parse(crf, submitted, subject.site.timezone)
+    if errors:
+        return SaveResult("invalid", instance, errors=errors)
+    values = derive(crf, values)
+    findings = run_checks(crf, values, context)
+    hard = [f for f in findings if f.severity == "hard"]
+    if hard:
+        for f in hard:
+            for key in f.items or ("_form",):
+                errors.setdefault(key, []).append(f"{f.message} [{f.check_id}]")
+        return SaveResult("invalid", instance, errors=errors)
+    soft = [f for f in findings if f.severity == "soft"]
+    old = instance_values(instance, crf)
+    old_text = {i.key: value_text(i, old.get(i.key)) for i in crf.items}
+    new_text = {i.key: value_text(i, values.get(i.key)) for i in crf.items}
+    if instance is not None and row_version is not None and row_version != instance.row_version:
+        return SaveResult("conflict", instance, current=old_text)
+    changed = [k for k in new_text if old_text[k] is not None and new_text[k] != old_text[k]
+               and not crf.item(k).derived]
+    if changed and reason is None:
+        return SaveResult("needs_reason", instance, warnings=soft, changed=changed)
+    unconfirmed = [f for f in soft if f.check_id not in confirmed]
+    if unconfirmed:
+        return SaveResult("needs_confirmation", instance, warnings=unconfirmed, changed=changed)
+    status = form_status(crf, values)
+    if instance is not None and new_text == old_text and instance.status == status:
+        return SaveResult("unchanged", instance)
+    try:
+        instance = _write(actor, subject, crf, slot, instance, values, old_text, new_text, status,
+                          reason, token, soft)
+    except StaleDataError:
+        db.session.rollback()
+        current = get_instance(subject, crf_key, slot)
+        return SaveResult("conflict", current,
+                          current={i.key: value_text(i, v)
+                                   for i, v in zip(crf.items, instance_values(current, crf).values(),
+                                                   strict=False)})
+    return SaveResult("saved", instance, warnings=soft, changed=changed)
+
+
+def _write(actor, subject, crf, slot, instance, values, old_text, new_text, status, reason, token,
+           soft) -> FormInstance:
+    with unit_of_work(actor, reason) as uow:
+        if instance is None:
+            form_repeat = slot.form_repeat or _next_repeat(subject, crf.key, slot)
+            instance = FormInstance(subject=subject, visit_key=slot.visit_key,
+                                    visit_repeat=slot.visit_repeat, crf_key=crf.key,
+                                    form_repeat=form_repeat, crf_version=crf.version,
+                                    status=status.value)
+            db.session.add(instance)
+            db.session.flush()
+        rows = {v.item_key: v for v in instance.values}
+        for item in crf.items:
+            if new_text[item.key] == old_text[item.key]:
+                continue
+            row = rows.get(item.key)
+            if row is None:
+                row = ItemValue(form_instance=instance, item_key=item.key)
+                db.session.add(row)
+            if item.derived:
+                row.audit_reason = DERIVED_REASON
+            _apply(item, row, values.get(item.key))
+        instance.status = status.value
+        instance.updated_at = utcnow()
+        if token:
+            db.session.add(Submission(token=token, form_instance=instance))
+        for finding in soft:
+            uow.record("check.confirmed", "form", instance.id, path=instance.audit_path(),
+                       field=finding.check_id, new=finding.message)
+    return instance
+
+
+def _next_repeat(subject: Subject, crf_key: str, slot: Slot) -> int:
+    last = db.session.scalar(sa.select(sa.func.max(FormInstance.form_repeat)).where(
+        FormInstance.subject_id == subject.id, FormInstance.visit_key == slot.visit_key,
+        FormInstance.visit_repeat == slot.visit_repeat, FormInstance.crf_key == crf_key))
+    return (last or 0) + 1
+
+
+def mark_not_done(actor: Actor, subject: Subject, crf_key: str, slot: Slot, reason_text: str):
+    """An expected form that will not be filled: status "not done" with its reason."""
+    if not reason_text.strip():
+        raise ValueError("Say why the form is not done.")
+    instance = get_instance(subject, crf_key, slot)
+    crf = definition_for(crf_key, instance)
+    with unit_of_work(actor, Reason("other", reason_text.strip())):
+        if instance is None:
+            instance = FormInstance(subject=subject, visit_key=slot.visit_key,
+                                    visit_repeat=slot.visit_repeat, crf_key=crf.key,
+                                    form_repeat=slot.form_repeat or 1, crf_version=crf.version)
+            db.session.add(instance)
+        instance.status = FormStatus.NOT_DONE.value
+        instance.not_done_reason = reason_text.strip()
+        instance.updated_at = utcnow()
+    return instance
+
+
+def local_time(value: datetime, tz: str) -> str:
+    """A UTC time shown in the site's time zone with its offset."""
+    local = value.astimezone(ZoneInfo(tz))
+    return local.strftime("%Y-%m-%d %H:%M ") + local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""One module per CRF, each declaring ``DEFINITION`` (see ecrf.forms.definition)."""
