@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -104,10 +103,11 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.admin import bp as admin_bp
     from ecrf.audit.views import bp as audit_bp
     from ecrf.auth import bp as auth_bp
+    from ecrf.casebook import bp as casebook_bp
     from ecrf.main import bp as main_bp
     from ecrf.subjects import bp as subjects_bp
 
-    for bp in (main_bp, auth_bp, admin_bp, subjects_bp, audit_bp):
+    for bp in (main_bp, auth_bp, admin_bp, subjects_bp, casebook_bp, audit_bp):
         app.register_blueprint(bp)
     from ecrf.access.decorators import public
 

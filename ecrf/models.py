@@ -10,6 +10,7 @@ from ecrf.study.models import Site, Subject, SubjectCounter
 capture.install()
 
 __all__ = [
-    "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission", "PasswordHistory", "Site", "Subject",
+    "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission",
+    "PasswordHistory", "Site", "Subject",
     "SubjectCounter", "User", "UserSession",
 ]

@@ -22,9 +22,13 @@ from flask_migrate import upgrade
 from config import normalise_database_url
 from ecrf import create_app
 from ecrf.extensions import db as _db
+from ecrf.study.schedule import SCHEDULE
 from tests import factories
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+#: the engine tests' toy CRF: one module plus its line in the schedule, nothing else
+TOY_STUDY = {"EXTRA_CRF_MODULES": ["tests.toy_crf"],
+             "SCHEDULE": SCHEDULE.extended(forms={"D1": ("toy_vitals",)})}
 PASSWORD = factories.PASSWORD
 
 
@@ -95,7 +99,7 @@ def databases(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app(databases):
-    app = create_app("test", DATABASE_URL=databases.template_url())
+    app = create_app("test", DATABASE_URL=databases.template_url(), **TOY_STUDY)
     with app.app_context():
         upgrade()
         _db.session.remove()
@@ -132,7 +136,7 @@ def fresh_app(app, databases):
     """An app on a database of its own, where commits are real (for mechanism tests)."""
     with app.app_context():
         url = databases.copy_of_template(None, _db.engine)
-    fresh = create_app("test", DATABASE_URL=url)
+    fresh = create_app("test", DATABASE_URL=url, **TOY_STUDY)
     with fresh.app_context():
         yield fresh
         _db.session.remove()

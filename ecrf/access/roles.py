@@ -12,6 +12,8 @@ PERMISSIONS: dict[str, str] = {
     "subject.view": "See the subjects of one's sites and their status",
     "subject.enrol": "Enrol a subject at one's site (gives the pseudonymous code)",
     "subject.status": "Change a subject's status (inclusion, screen failure, withdrawal, ...)",
+    "crf.view": "Read the casebooks (forms, values and each item's history) of one's sites",
+    "crf.enter": "Enter and change CRF data, mark an expected form not done",
     "audit.view": "Read the audit trail",
     "users.manage": "Create, deactivate and unlock accounts; reset passwords; grant roles",
     "sites.manage": "Create and activate sites",
@@ -31,10 +33,12 @@ ROLES: dict[str, Role] = {
     r.name: r
     for r in (
         Role("investigator", "Site investigator", True,
-             frozenset({"subject.view", "subject.enrol", "subject.status"})),
-        Role("monitor", "Monitor (CRA)", True, frozenset({"subject.view"})),
-        Role("data_manager", "Data manager", False, frozenset({"subject.view"})),
-        Role("auditor", "Auditor / inspector", False, frozenset({"subject.view", "audit.view"})),
+             frozenset({"subject.view", "subject.enrol", "subject.status", "crf.view",
+                        "crf.enter"})),
+        Role("monitor", "Monitor (CRA)", True, frozenset({"subject.view", "crf.view"})),
+        Role("data_manager", "Data manager", False, frozenset({"subject.view", "crf.view"})),
+        Role("auditor", "Auditor / inspector", False,
+             frozenset({"subject.view", "crf.view", "audit.view"})),
         # Administrators manage accounts and sites; they neither enter nor view clinical data.
         Role("admin", "System administrator", False, frozenset({"users.manage", "sites.manage"})),
     )

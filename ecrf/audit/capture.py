@@ -36,7 +36,9 @@ def audit_text(value) -> str | None:
         return "true" if value else "false"
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, date | Decimal | int | float | str):
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # 72.50000000 and 72.5 are one value
+    if isinstance(value, date | int | float | str):
         return value.isoformat() if isinstance(value, date) else str(value)
     return json.dumps(value, sort_keys=True, default=str)
 

@@ -314,7 +314,7 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
         instance.status = status.value
         instance.updated_at = utcnow()
         if token:
-            db.session.add(Submission(token=token, form_instance=instance))
+            db.session.add(Submission(token=token, form_instance_id=instance.id))
         for finding in soft:
             uow.record("check.confirmed", "form", instance.id, path=instance.audit_path(),
                        field=finding.check_id, new=finding.message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -83,3 +84,5 @@ def change_subject_status(actor: Actor, subject: Subject, new_status: str,
     with unit_of_work(actor, reason or Reason.system(f"status {new.value}")):
         subject.status = new.value
         subject.status_reason = reason.text if reason else None
+        if new is S.INCLUDED:  # D0 of the schedule, as a date at the site
+            subject.inclusion_date = utcnow().astimezone(ZoneInfo(subject.site.timezone)).date()

@@ -1,0 +1,63 @@
+"""The WTForms form of a CRF, built at run time from its definition.
+
+Each item becomes the field its type asks for, plus a null-flavor choice and comment; parsing and
+checks are the service's (so the CLI and loaders share them), the form only carries the input.
+"""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, RadioField, SelectField, SelectMultipleField, StringField
+from wtforms.widgets import CheckboxInput, ListWidget
+
+from ecrf.forms.choices import choices
+from ecrf.forms.definition import CRF, Item
+from ecrf.forms.items import NULL_FLAVORS, Choice, YesNo
+
+NF_SUFFIX, NF_COMMENT_SUFFIX = "__nf", "__nfc"
+
+
+class MultiCheckboxField(SelectMultipleField):
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
+def item_field(item: Item):
+    """The WTForms field for one item (validation is left to the service)."""
+    kw = {"description": item.help, "validate_choice": False} if item.type.choices() else {
+        "description": item.help}
+    label = item.label + (f" ({item.unit})" if item.unit else "")
+    render = {"aria-describedby": f"{item.key}-help"} if item.help else {}
+    if item.derived:
+        return StringField(label, description=item.help,
+                           render_kw={**render, "readonly": True, "tabindex": "-1"})
+    if isinstance(item.type, YesNo):
+        return RadioField(label, choices=choices(item.type.choices()), **kw)
+    if item.type.multiple:
+        return MultiCheckboxField(label, choices=choices(item.type.choices()), **kw)
+    if isinstance(item.type, Choice) or item.type.choices():
+        return SelectField(label, choices=choices([("", "—")] + item.type.choices()), **kw)
+    render["type"] = item.type.input_type
+    if item.type.input_type == "number":
+        render["inputmode"] = "numeric"
+    if item.type.name == "decimal":
+        render["inputmode"] = "decimal"
+    if item.type.name == "partial_date":
+        render["placeholder"] = "YYYY, YYYY-MM or YYYY-MM-DD"
+    return StringField(label, render_kw=render, description=item.help)
+
+
+def form_class(crf: CRF) -> type[FlaskForm]:
+    """A FlaskForm class for this CRF version (CSRF included)."""
+    fields = {
+        "row_version": HiddenField(),
+        "submission_token": HiddenField(),
+    }
+    for item in crf.items:
+        fields[item.key] = item_field(item)
+        if not item.derived:
+            fields[item.key + NF_SUFFIX] = SelectField(
+                f"{item.label}: missing because", validate_choice=False,
+                choices=choices([("", "—")] + list(NULL_FLAVORS.items())))
+            fields[item.key + NF_COMMENT_SUFFIX] = StringField(f"{item.label}: comment")
+    return type(f"{crf.key.title().replace('_', '')}Form", (FlaskForm,), fields)
