@@ -123,6 +123,15 @@ def _register_hooks(app: Flask) -> None:
         request.environ["ecrf.request_id"] = str(uuid.uuid4())
 
     @app.before_request
+    def _change_control():
+        """Once per process: record a new study definition in the audit trail."""
+        if not app.extensions.get("ecrf.definition_recorded"):
+            from ecrf.study.change_control import record_if_changed
+
+            record_if_changed()
+            app.extensions["ecrf.definition_recorded"] = True
+
+    @app.before_request
     def _force_password_change():
         if request.endpoint in ("auth.change_password", "auth.logout", "static", "main.health"):
             return None

@@ -5,6 +5,7 @@ from ecrf.audit import capture
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
 from ecrf.casebook.models import FormInstance, ItemValue, Submission
+from ecrf.study.change_control import StudyDefinition
 from ecrf.study.models import Site, Subject, SubjectCounter
 
 capture.install()
@@ -12,5 +13,5 @@ capture.install()
 __all__ = [
     "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission",
     "PasswordHistory", "Site", "Subject",
-    "SubjectCounter", "User", "UserSession",
+    "StudyDefinition", "SubjectCounter", "User", "UserSession",
 ]

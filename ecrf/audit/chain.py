@@ -73,6 +73,11 @@ def _lock_head(conn: sa.Connection):
     return seq, last_hash, now
 
 
+def lock(session) -> None:
+    """Take the chain lock now (it is held until the transaction ends), to read-then-write safely."""
+    _lock_head(session.connection())
+
+
 def append(session, uow) -> list[int]:
     """Append the unit of work's events to the chain, inside its transaction; their seqs."""
     if not uow.events:

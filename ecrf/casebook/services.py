@@ -29,6 +29,7 @@ from ecrf.study.models import Subject
 
 log = logging.getLogger(__name__)
 DERIVED_REASON = Reason.system("derived value recalculated")
+STATUS_REASON = Reason.system("form status follows its data")
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
             if item.derived:
                 row.audit_reason = DERIVED_REASON
             _apply(item, row, values.get(item.key))
+        instance.audit_reason = STATUS_REASON  # the status follows the data just saved
         instance.status = status.value
         instance.updated_at = utcnow()
         if token:
