@@ -265,6 +265,9 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     old = instance_values(instance, crf)
     old_text = {i.key: value_text(i, old.get(i.key)) for i in crf.items}
     new_text = {i.key: value_text(i, values.get(i.key)) for i in crf.items}
+    if instance is None and all(new_text[i.key] is None for i in crf.items if not i.derived):
+        return SaveResult("invalid", None, errors={"_form": [
+            "Nothing to save: enter at least one value, or mark the form not done."]})
     if instance is not None and row_version is not None and row_version != instance.row_version:
         return SaveResult("conflict", instance, current=old_text)
     changed = [k for k in new_text if old_text[k] is not None and new_text[k] != old_text[k]
