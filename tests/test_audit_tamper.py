@@ -210,6 +210,14 @@ def test_a_value_masked_without_a_recorded_redaction_is_caught(fresh_app, histor
     assert_fails_at(verify(fresh_app), target["seq"], "new value missing without a redaction")
 
 
+def test_a_deleted_value_row_is_caught(fresh_app, history):
+    target = _a_row(history, entity_type="subject", field="status")
+    with as_owner() as conn:
+        conn.execute(VALUES.delete().where(VALUES.c.seq == target["seq"]))
+    assert target["seq"] not in _values()
+    assert_fails_at(verify(fresh_app), target["seq"], "new value missing without a redaction")
+
+
 def test_the_last_rows_deleted_are_caught_by_the_chain_head(fresh_app, history):
     last = history[-1]["seq"]
     with as_owner() as conn:
@@ -248,6 +256,19 @@ def test_a_rewrite_with_every_later_row_rehashed_is_caught_only_by_a_published_h
     assert published_seq < len(rows)
     assert_fails_at(verify(fresh_app, "--expect-head", published), published_seq,
                     f"row {published_seq} differs from the published head")
+
+
+def test_the_last_rows_deleted_with_the_head_moved_back_are_caught_by_a_published_head(fresh_app,
+                                                                                     history):
+    published = _head_of(verify(fresh_app).output)
+    last = history[-1]["seq"]
+    with as_owner() as conn:
+        conn.execute(VALUES.delete().where(VALUES.c.seq >= last - 1))
+        conn.execute(TRAIL.delete().where(TRAIL.c.seq >= last - 1))
+        conn.execute(HEAD.update().values(last_seq=last - 2, last_hash=history[-3]["row_hash"]))
+    assert verify(fresh_app).exit_code == 0  # consistent again for the unaware
+    assert_fails_at(verify(fresh_app, "--expect-head", published), last,
+                    f"published head seq {last} is missing")
 
 
 # --- redaction is not tampering -------------------------------------------------------------
@@ -293,3 +314,29 @@ def test_a_redaction_that_names_no_recorded_row_is_not_accepted(fresh_app, histo
     with db.engine.begin() as conn:
         _mask(conn, target["seq"], redacted_seq=history[-1]["seq"] + 1000)
     assert verify(fresh_app).exit_code == 1
+
+
+def test_masking_the_other_side_of_a_row_under_a_one_sided_redaction_is_caught(fresh_app, history):
+    from ecrf.audit.reasons import Reason
+    from ecrf.audit.redaction import redact_value
+    from ecrf.auth.services import system_actor
+    from ecrf.study.models import Subject
+    from ecrf.study.services import change_subject_status
+
+    subject = db.session.scalar(sa.select(Subject).where(Subject.code == "01-001"))
+    change_subject_status(system_actor(), subject, "withdrawn", Reason("other", "consent withdrawn"))
+    db.session.remove()
+    row = [r for r in _trail() if r["subject"] == "01-001" and r["field"] == "status"][-1]
+    assert _values()[row["seq"]]["old_value"] == "screening"
+    assert _values()[row["seq"]]["new_value"] == "withdrawn"
+    redact_value(system_actor(), row["seq"], "old", Reason("other", "old status entered by mistake"))
+    db.session.remove()
+    redaction = _trail()[-1]
+    assert (redaction["action"], redaction["entity_id"], redaction["field"]) == \
+        ("audit.redact", str(row["seq"]), "old")
+    assert verify(fresh_app).exit_code == 0  # the recorded redaction of the old value is fine
+    with db.engine.begin() as conn:  # the guards stay: the trigger lets the new value go too
+        conn.execute(VALUES.update().where(VALUES.c.seq == row["seq"])
+                     .values(new_value=None, new_salt=None))
+    assert _values()[row["seq"]]["new_value"] is None
+    assert_fails_at(verify(fresh_app), row["seq"], "without a recorded redaction")

@@ -127,8 +127,8 @@ class VerifyResult:
     head_hash: str = GENESIS_HASH
     problems: list[tuple[int, str]] = field(default_factory=list)
     redacted: list[int] = field(default_factory=list)
-    #: masked row seq -> the seq its audit_value names as the redaction
-    redaction_claims: dict[int, int] = field(default_factory=dict)
+    #: masked row seq -> (the seq its audit_value names as the redaction, the sides masked)
+    redaction_claims: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +150,7 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
     expected_seq, prev = 1, GENESIS_HASH
     hash_at_expected = None
     redactions: dict[int, str] = {}  # seq of a redaction record -> the seq it masks
+    redacted_sides: set[tuple[str, str]] = set()  # (masked seq, "old"/"new") recorded
     for row in rows:
         row = dict(row)
         row.setdefault("v", row.get("format_version"))
@@ -166,6 +167,7 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
             _check_values(row, result)
             if row["action"] == REDACTION_ACTION:
                 redactions[seq] = row["entity_id"]
+                redacted_sides.add((row["entity_id"], row["field"]))
         expected_seq, prev = seq + 1, row["row_hash"]
         if expect_head is not None and seq == expect_head[0]:
             hash_at_expected = row["row_hash"]
@@ -173,7 +175,9 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
         if result.problems:
             return result  # the first bad row is the finding; later rows follow from it
     for seq in result.redacted:  # a masked value must name a recorded redaction of itself
-        if redactions.get(result.redaction_claims[seq]) != str(seq):
+        named, sides = result.redaction_claims[seq]
+        if redactions.get(named) != str(seq) or any(
+                (str(seq), side) not in redacted_sides for side in sides):
             result.problems.append((seq, "value masked without a recorded redaction"))
             return result
     head = (result.head_seq, result.head_hash)
@@ -200,7 +204,8 @@ def _check_values(row: dict, result: VerifyResult) -> None:
             if row.get("redacted_seq"):
                 if row["seq"] not in result.redaction_claims:
                     result.redacted.append(row["seq"])
-                result.redaction_claims[row["seq"]] = row["redacted_seq"]
+                claim = result.redaction_claims.setdefault(row["seq"], (row["redacted_seq"], set()))
+                claim[1].add(side)
                 continue
             result.problems.append((row["seq"], f"{side} value missing without a redaction"))
             return
