@@ -48,7 +48,7 @@ class Config:
     WTF_CSRF_ENABLED = True
     WTF_CSRF_TIME_LIMIT = None  # the server-side session time-out bounds the token's life
 
-    DEMO_PASSWORD = "Demo-JAKAHDI-2026"
+    DEMO_PASSWORD = "Demo-JAKAHDI-2026"  # noqa: S105 (the DEMO study only; printed by make run)
     SUBJECTS_PER_PAGE = 50
     AUDIT_PER_PAGE = 100
 
