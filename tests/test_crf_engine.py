@@ -179,3 +179,15 @@ def test_opening_nothing_changes_nothing_and_not_done_needs_a_reason(make, db):
                                       "patient transferred for the day")
     assert instance.status == "not_done"
     assert audit_rows(action="form.create")[-1].reason_text == "patient transferred for the day"
+
+
+def test_a_cross_form_check_sees_the_rest_of_the_casebook(make, db):
+    from ecrf.study.services import change_subject_status
+
+    subject = make.subject("01")
+    change_subject_status(system_actor(), subject, "included")
+    d0 = subject.inclusion_date
+    result = save(subject, {**GOOD, "measured_at": f"{d0.replace(year=d0.year - 1)}T10:00"})
+    assert result.outcome == "invalid"
+    assert f"before inclusion on {d0}" in result.errors["measured_at"][0]
+    assert save(subject, {**GOOD, "measured_at": f"{d0}T23:00"}).outcome == "saved"

@@ -18,6 +18,15 @@ def _fever_needs_temperature(v):
     return None
 
 
+def _not_before_inclusion(v, context):
+    """A cross-form check: the measurement is not before the subject's inclusion (D0)."""
+    d0 = context.subject.inclusion_date
+    measured = v.get("measured_at")
+    if d0 is not None and measured is not None and measured.date() < d0:
+        return f"Measured on {measured.date()}, before inclusion on {d0}."
+    return None
+
+
 DEFINITION = CRF(
     key="toy_vitals",
     title="Toy vital signs",
@@ -50,5 +59,6 @@ DEFINITION = CRF(
     ),
     checks=(
         Check("TOY-01", "hard", ("fever", "temperature"), _fever_needs_temperature),
+        Check("TOY-02", "hard", ("measured_at",), _not_before_inclusion, cross_form=True),
     ),
 )

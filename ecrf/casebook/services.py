@@ -56,6 +56,25 @@ class Submitted:
 
 
 @dataclass
+class CheckContext:
+    """What a cross-form check may look at: the subject and the values of its other forms."""
+
+    subject: Subject
+    slot: Slot
+
+    def values(self, crf_key: str, visit_key: str | None = None) -> dict[str, Any] | None:
+        """Plain values of the subject's first ``crf_key`` form (at ``visit_key`` if given)."""
+        stmt = sa.select(FormInstance).where(FormInstance.subject_id == self.subject.id,
+                                             FormInstance.crf_key == crf_key)
+        if visit_key is not None:
+            stmt = stmt.where(FormInstance.visit_key == visit_key)
+        instance = db.session.scalars(stmt.order_by(FormInstance.id)).first()
+        if instance is None:
+            return None
+        return plain(instance_values(instance, definition_for(crf_key, instance)))
+
+
+@dataclass
 class SaveResult:
     outcome: str  # saved, unchanged, invalid, needs_reason, needs_confirmation, conflict, duplicate
     instance: FormInstance | None = None
@@ -254,7 +273,7 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     if errors:
         return SaveResult("invalid", instance, errors=errors)
     values = derive(crf, values)
-    findings = run_checks(crf, values, context)
+    findings = run_checks(crf, values, context or CheckContext(subject, slot))
     hard = [f for f in findings if f.severity == "hard"]
     if hard:
         for f in hard:

@@ -103,7 +103,7 @@ class Check:
     cross_form: bool = False
 
     def run(self, values: Values, context: Any = None) -> Finding | None:
-        if any(values.get(k) is None for k in self.items if not self.cross_form):
+        if any(values.get(k) is None for k in self.items):
             return None  # a check speaks about values that are there; "required" covers absence
         message = self.rule(values, context) if self.cross_form else self.rule(values)
         return Finding(self.id, self.severity, message, self.items) if message else None
