@@ -277,6 +277,82 @@ def audit_verify(expect_head):
     click.echo("Chain OK")
 
 
+# --- data entry ----------------------------------------------------------------------------
+
+crf_cli = click.Group("crf", help="Case report forms.")
+
+
+@crf_cli.command("list")
+def crf_list():
+    """The CRF definitions and their versions."""
+    registry = current_app.extensions["ecrf.registry"]
+    for key, versions in sorted(registry.crfs.items()):
+        current = registry.current(key)
+        click.echo(f"{key:24} {current.oid:24} v{','.join(map(str, sorted(versions)))}  "
+                   f"{current.title}")
+
+
+@crf_cli.command("enter")
+@click.argument("subject_code")
+@click.argument("visit")
+@click.argument("crf_key")
+@click.argument("values", nargs=-1, metavar="ITEM=VALUE...")
+@click.option("--repeat", "form_repeat", type=int, default=1,
+              help="Instance of a repeating form (0 = a new one).")
+@click.option("--null", "nulls", multiple=True, metavar="ITEM=FLAVOR",
+              help="A null flavor instead of a value: NI, UNK, NA or ASKU.")
+@click.option("--confirm", "confirmed", multiple=True, metavar="CHECK_ID",
+              help="Confirm a soft check.")
+@click.option("--reason", "reason_code", type=click.Choice(list(REASON_CODES)), default=None)
+@click.option("--explain", "reason_text", default="")
+@as_option
+def crf_enter(subject_code, visit, crf_key, values, form_repeat, nulls, confirmed, reason_code,
+              reason_text, as_user):
+    """Enter CRF values with the same parsing, checks and audit as the web form."""
+    from ecrf.casebook import services as casebook
+    from ecrf.study.models import Subject
+
+    subject = db.session.scalar(sa.select(Subject).where(Subject.code == subject_code))
+    if subject is None:
+        _fail(f"No subject {subject_code!r}.")
+    user = auth_services.get_user(as_user) if as_user else None
+    actor_access = Access.for_user(user, "crf.enter") if user is not None else None
+    if not actor_access or not actor_access.covers(subject.site_id):
+        _fail("Say who enters the data: --as USERNAME, an investigator of the subject's site.")
+    submitted = casebook.Submitted()
+    for pair in values:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"Expected ITEM=VALUE, found {pair!r}.")
+        if "," in value and key in _multi_items(crf_key):
+            submitted.values[key] = value.split(",")
+        else:
+            submitted.values[key] = value
+    for pair in nulls:
+        key, _, flavor = pair.partition("=")
+        submitted.null_flavors[key] = (flavor, "")
+    reason = _reason(reason_code, reason_text) if reason_code else None
+    result = casebook.save_form(actor_access.actor(subject.site_id), subject, crf_key,
+                                casebook.Slot(visit, 1, form_repeat or None), submitted,
+                                reason=reason, confirmed=set(confirmed))
+    for key, messages in result.errors.items():
+        for message in messages:
+            click.echo(f"{key}: {message}", err=True)
+    for finding in result.warnings:
+        click.echo(f"to confirm ({finding.check_id}): {finding.message}", err=True)
+    if result.outcome == "needs_reason":
+        click.echo(f"Changing saved values ({', '.join(result.changed)}) needs --reason.", err=True)
+    if not result.ok:
+        sys.exit(1)
+    click.echo(f"{result.outcome}: {subject_code} {visit} {crf_key} #{result.instance.form_repeat} "
+               f"({result.instance.status})")
+
+
+def _multi_items(crf_key: str) -> set[str]:
+    crf = current_app.extensions["ecrf.registry"].current(crf_key)
+    return {i.key for i in crf.items if i.type.multiple}
+
+
 # --- access --------------------------------------------------------------------------------
 
 access = click.Group("access", help="Roles and permissions.")
@@ -304,7 +380,7 @@ def demo(n_subjects):
 
 
 def register_commands(app) -> None:
-    for command in (users, sites, audit, access, demo):
+    for command in (users, sites, audit, access, crf_cli, demo):
         app.cli.add_command(command)
 
 

@@ -130,3 +130,27 @@ def test_ecrf_and_flask_app_wsgi_give_the_same_commands(tmp_path):
     verify = subprocess.run([f"{bin_dir}/ecrf", "audit", "verify"], env=env, capture_output=True,
                             text=True, check=False)
     assert verify.returncode == 0 and "Chain OK" in verify.stdout
+
+
+def test_crf_values_entered_from_the_cli_get_the_same_checks_and_audit(runner, make, db):
+    subject = make.subject("01")
+    make.user("inv", role="investigator", site="01")
+    bad = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals", "weight=500",
+                              "--as", "inv"])
+    assert bad.exit_code == 1 and "must be between 1 and 400 kg; found 500" in bad.output
+    soft = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals", "weight=210",
+                               "fever=N", "--as", "inv"])
+    assert soft.exit_code == 1 and "TOY_VITALS-weight-RANGE" in soft.output
+    done = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals", "weight=210",
+                               "fever=N", "devices=ECG,SPO2", "--confirm", "TOY_VITALS-weight-RANGE",
+                               "--as", "inv"])
+    assert done.exit_code == 0 and "saved" in done.output, done.output
+    rows = audit_rows(action="item.create", subject=subject.code)
+    assert {r.item for r in rows} >= {"weight", "fever", "devices"}
+    assert all(r.username == "inv" and r.role == "investigator" for r in rows)
+    change = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals", "weight=80",
+                                 "fever=N", "devices=ECG,SPO2", "--as", "inv"])
+    assert change.exit_code == 1 and "needs --reason" in change.output
+    monitor_refused = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals",
+                                          "weight=80", "--as", "nobody"])
+    assert monitor_refused.exit_code != 0
