@@ -129,3 +129,9 @@ def test_a_form_not_expected_at_a_visit_is_not_found(make, login_as, client):
     subject = make.subject("01")
     login_as("investigator", site="01")
     assert client.get(f"/subjects/{subject.code}/visits/D2/1/forms/toy_vitals/1").status_code == 404
+
+
+def test_a_scheduled_visit_does_not_repeat(make, login_as, client):
+    subject = make.subject("01")
+    login_as("investigator", site="01")
+    assert client.get(f"/subjects/{subject.code}/visits/D1/2/forms/toy_vitals/1").status_code == 404

@@ -106,6 +106,8 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
     visit = _visit_or_404(visit_key, crf_key)
     if form_repeat == 0 and crf_key not in visit.repeating_forms:
         abort(404)
+    if visit_repeat < 1 or (visit_repeat > 1 and not visit.unscheduled):
+        abort(404)  # only unscheduled visits repeat
     slot = services.Slot(visit_key, visit_repeat, form_repeat or None)
     instance = services.get_instance(subject, crf_key, slot)
     if instance is None and form_repeat > 1:
