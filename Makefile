@@ -44,7 +44,7 @@ test: lint test-sqlite test-postgres test-browser
 
 # Long evidence (fault injection, full fuzzing): its own target, a short version runs in `test`.
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -m slow || [ $$? -eq 5 ]  # 5: no test carries the marker yet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
