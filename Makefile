@@ -10,7 +10,7 @@ PORT   ?= 5000
 # The PostgreSQL server the suite runs on; each run creates (and drops) a database of its own.
 PG_TEST_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean
+.PHONY: run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,9 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Refresh the French catalog after changing user-facing text: extract, merge, compile.
+translations: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -o ecrf/translations/messages.pot .
+	$(BIN)/pybabel update -i ecrf/translations/messages.pot -d ecrf/translations -l fr
+	$(BIN)/pybabel compile -d ecrf/translations

@@ -34,7 +34,8 @@ def create_app(config=None, **overrides) -> Flask:
     import config as config_module
     from ecrf import models  # noqa: F401  (registers every table and the audit listeners)
     from ecrf.database import configure_engine
-    from ecrf.extensions import csrf, db, login_manager, migrate
+    from ecrf.extensions import babel, csrf, db, login_manager, migrate
+    from ecrf.i18n import select_locale
 
     app = Flask(__name__, instance_path=str(config_module.INSTANCE_DIR))
     config = config or config_module.config_from_env()
@@ -61,6 +62,8 @@ def create_app(config=None, **overrides) -> Flask:
         configure_engine(db.engine)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     csrf.init_app(app)
+    babel.init_app(app, locale_selector=select_locale, default_translation_directories=str(
+        Path(__file__).resolve().parent / "translations"))
     _init_login(app, login_manager)
     _load_study(app)
     _register_blueprints(app)
@@ -104,10 +107,11 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.audit.views import bp as audit_bp
     from ecrf.auth import bp as auth_bp
     from ecrf.casebook import bp as casebook_bp
+    from ecrf.i18n import bp as i18n_bp
     from ecrf.main import bp as main_bp
     from ecrf.subjects import bp as subjects_bp
 
-    for bp in (main_bp, auth_bp, admin_bp, subjects_bp, casebook_bp, audit_bp):
+    for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp):
         app.register_blueprint(bp)
     from ecrf.access.decorators import public
 
@@ -154,7 +158,12 @@ def _register_hooks(app: Flask) -> None:
         def can(permission: str) -> bool:
             return current_user.is_authenticated and bool(Access.for_user(current_user, permission))
 
-        return {"can": can, "ROLES": ROLES, "app_version": __version__}
+        from flask_babel import get_locale
+
+        from ecrf.i18n import LANGUAGES
+
+        return {"can": can, "ROLES": ROLES, "app_version": __version__, "LANGUAGES": LANGUAGES,
+                "current_language": str(get_locale())}
 
 
 def _register_errors(app: Flask) -> None:

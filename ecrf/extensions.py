@@ -1,5 +1,6 @@
 """Flask extensions, created unbound and initialised by the app factory."""
 
+from flask_babel import Babel
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -11,3 +12,4 @@ db = SQLAlchemy(model_class=Base, session_options={"class_": EcrfSession})
 migrate = Migrate(compare_type=True, render_as_batch=True)
 login_manager = LoginManager()
 csrf = CSRFProtect()
+babel = Babel()

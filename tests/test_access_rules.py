@@ -201,6 +201,7 @@ CALLS: dict[tuple[str, str], Call] = {
             sa.select(FormInstance.status).where(FormInstance.id == w.form.id)),
         on_site=OTHER_SITE),
     ("GET", "casebook.item_history"): Call(on_site=OTHER_SITE),
+    ("POST", "i18n.choose_language"): Call(302, lambda w: "/", lambda w: {"next": "/"}),
 }
 
 #: URL parameters, by name, filled with real objects of the world (site 02's subject for <code>)
@@ -215,6 +216,7 @@ URL_PARAMS: dict[str, Callable] = {
     "crf_key": lambda w: w.form.crf_key,
     "form_repeat": lambda w: w.form.form_repeat,
     "item_key": lambda w: TOY_ITEM,
+    "lang": lambda w: "fr",
 }
 
 
