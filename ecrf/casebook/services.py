@@ -214,7 +214,8 @@ def derive(crf: CRF, values: dict[str, Any]) -> dict[str, Any]:
     for item in crf.items:
         if item.derived:
             try:
-                result[item.key] = item.derive(plain(result))
+                value = item.derive(plain(result))
+                result[item.key] = None if value is None else item.type.coerce(value)
             except (ValueError, TypeError, ArithmeticError) as e:
                 log.info("derivation of %s.%s gave no value: %s", crf.key, item.key, e)
                 result[item.key] = None

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -54,6 +54,10 @@ class ItemType:
         """Inverse of ``text`` (used to read back audit values and exports)."""
         return self.parse(text)
 
+    def coerce(self, value: Any) -> Any:
+        """A computed (derived) value in this type's storage form."""
+        return value
+
     def is_empty(self, raw: Any) -> bool:
         return raw is None or (isinstance(raw, str) and not raw.strip()) or raw == []
 
@@ -76,6 +80,9 @@ class Integer(ItemType):
         if not re.fullmatch(r"[+-]?\d{1,15}", raw.strip()):
             raise ItemValueError(f"A whole number is expected; found {raw!r}.")
         return int(raw)
+
+    def coerce(self, value) -> int:
+        return int(Decimal(str(value)).to_integral_value(rounding=ROUND_HALF_UP))
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,10 @@ class DecimalNumber(ItemType):
 
     def text(self, value) -> str:
         return format(Decimal(value).normalize(), "f") if value is not None else ""
+
+    def coerce(self, value) -> Decimal:
+        return Decimal(str(value)).quantize(Decimal(1).scaleb(-self.precision),
+                                            rounding=ROUND_HALF_UP)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 * :func:`hscore` (+ :func:`hscore_probability`): HScore, Fardet 2014, with its probability table;
 * :func:`hlh2004`: HLH-2004 diagnostic criteria, Henter 2007.
 
-Sources, thresholds and boundary rules: /work/shared/domain/README.md sections 2-4, restated in each module.
+Sources, thresholds and boundary rules: the domain notes (shared/domain/README.md, sections 2-4),
+restated in each module.
 """
 
 from ecrf.scores.hlh2004 import Hlh2004, Status, hlh2004

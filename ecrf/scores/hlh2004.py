@@ -1,7 +1,7 @@
 """HLH-2004 diagnostic criteria (Henter et al., Pediatr Blood Cancer 2007;48:124-31), the eight clinical and
 laboratory criteria; a diagnosis needs >= 5 of them (or a molecular diagnosis, not handled here).
 
-Criteria (docs: /work/shared/domain/README.md section 4; ">=" as in the Histiocyte Society table):
+Criteria (docs: shared/domain/README.md section 4; ">=" as in the Histiocyte Society table):
 
 1. fever: temperature >= 38.5 deg C;
 2. splenomegaly (observation);

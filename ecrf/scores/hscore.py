@@ -1,7 +1,7 @@
 """HScore for reactive hemophagocytic syndrome (Fardet et al., Arthritis Rheumatol 2014;66:2613-20): the
 points table of nine variables (total 0-337) and the published table of probability by score.
 
-Points (docs: /work/shared/domain/README.md section 3; bounds inclusive exactly as the table writes them):
+Points (docs: shared/domain/README.md section 3; bounds inclusive exactly as the table writes them):
 
 * known underlying immunosuppression (HIV, long-term glucocorticoids, ciclosporin, azathioprine): 18;
 * temperature, deg C: < 38.4 -> 0, 38.4-39.4 -> 33, > 39.4 -> 49 (38.4 and 39.4 both score 33);

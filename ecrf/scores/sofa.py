@@ -1,7 +1,7 @@
 """SOFA score (Vincent et al., Intensive Care Med 1996), as tabulated for Sepsis-3 (Singer et al., JAMA 2016,
 table 1; https://pmc.ncbi.nlm.nih.gov/articles/PMC4968574/table/T1). Six organs score 0-4 each; total 0-24.
 
-Boundary rules (docs: /work/shared/domain/README.md section 2, "Boundary rules ecrf applies"):
+Boundary rules (docs: shared/domain/README.md section 2, "Boundary rules ecrf applies"):
 
 * Respiration, PaO2/FiO2 in mmHg: < 400 -> 1, < 300 -> 2, < 200 -> 3, < 100 -> 4; 3 and 4 only with
   respiratory support (invasive or non-invasive ventilation, CPAP). Without support the score stops at 2.

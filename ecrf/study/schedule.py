@@ -88,7 +88,10 @@ def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
     return Schedule(tuple(visits))
 
 
-#: Which CRFs each kind of visit expects: one line per CRF.
-FORMS: dict[str, tuple[str, ...]] = {}
+#: Which CRFs each kind of visit expects ("daily": D1..Dn, "repeating": at any visit).
+FORMS: dict[str, tuple[str, ...]] = {
+    "D0": ("sofa_daily",),
+    "daily": ("sofa_daily",),
+}
 
 SCHEDULE = build_schedule(FORMS)

@@ -1,1 +1,1 @@
-"""Clinical scores (ecrf.scores) checked against the protocol tables: /work/shared/domain/README.md §2-4."""
+"""Clinical scores (ecrf.scores) checked against the protocol tables: shared/domain/README.md §2-4."""
