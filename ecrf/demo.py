@@ -90,6 +90,45 @@ def add_subjects(actor: Actor, n: int, *, seed: int) -> None:
                     Reason("other", "DEMO: did not meet the eligibility criteria"))
             elif roll < 0.9:
                 study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
+                fill_sofa(actor, subject, rng)
+
+
+def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
+    """Plausible worst values of an ICU day for a patient of the given severity (0..1)."""
+    ventilated = severity > 0.45
+    values = {
+        "pao2": f"{rng.uniform(55, 110):.0f}", "pao2_unit": "mmHg",
+        "fio2": f"{rng.uniform(0.25 + 0.5 * severity, 0.35 + 0.6 * severity):.2f}"[:4],
+        "fio2_unit": "fraction", "resp_support": "IMV" if ventilated else rng.choice(
+            ["NONE", "HFNO", "NIV"]),
+        "platelets": str(max(5, int(rng.gauss(160 - 130 * severity, 25)))),
+        "bilirubin": f"{max(4, rng.gauss(15 + 90 * severity, 10)):.0f}", "bilirubin_unit": "umol/L",
+        "map": str(int(rng.gauss(78 - 15 * severity, 6))),
+        "gcs": str(max(3, min(15, int(rng.gauss(15 - 6 * severity, 2))))),
+        "creatinine": f"{max(30, rng.gauss(80 + 200 * severity, 30)):.0f}",
+        "creatinine_unit": "umol/L", "urine_output": str(max(0, int(rng.gauss(1500 - 1100 *
+                                                                               severity, 300)))),
+        "rrt": "Y" if severity > 0.8 and rng.random() < 0.5 else "N",
+    }
+    if severity > 0.5:
+        values["norepinephrine"] = f"{rng.uniform(0.05, 0.5 * severity):.2f}"
+    values["fio2"] = str(min(1.0, max(0.21, float(values["fio2"]))))
+    return values
+
+
+def fill_sofa(actor: Actor, subject, rng: random.Random, days: int = 4) -> None:
+    """Daily SOFA from D0 on, improving (or not) from a random baseline severity."""
+    from ecrf.casebook.services import Slot, Submitted, save_form
+
+    severity = rng.uniform(0.35, 0.95)
+    for day in range(days):
+        result = save_form(actor, subject, "sofa_daily", Slot(f"D{day}"),
+                           Submitted(_sofa_day(rng, severity)),
+                           confirmed={"SOFA_DAILY-platelets-RANGE", "SOFA_DAILY-map-RANGE",
+                                      "SOFA-06"})
+        if not result.ok:
+            raise RuntimeError(f"demo SOFA for {subject.code} D{day} refused: {result.errors}")
+        severity = max(0.05, severity + rng.uniform(-0.2, 0.08))
 
 
 def echo_logins(echo, password: str) -> None:

@@ -135,3 +135,11 @@ def test_a_scheduled_visit_does_not_repeat(make, login_as, client):
     subject = make.subject("01")
     login_as("investigator", site="01")
     assert client.get(f"/subjects/{subject.code}/visits/D1/2/forms/toy_vitals/1").status_code == 404
+
+
+def test_numbers_are_typed_in_text_inputs_so_a_wrong_entry_reaches_the_server(make, login_as, client):
+    subject = make.subject("01")
+    login_as("investigator", site="01")
+    page = client.get(FORM.format(code=subject.code)).get_data(as_text=True)
+    height = re.search(r'<input[^>]*id="height"[^>]*>', page).group(0)
+    assert 'type="text"' in height and 'inputmode="numeric"' in height

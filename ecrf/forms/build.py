@@ -38,7 +38,7 @@ def item_field(item: Item):
     if isinstance(item.type, Choice) or item.type.choices():
         return SelectField(label, choices=choices([("", "—")] + item.type.choices()), **kw)
     render["type"] = item.type.input_type
-    if item.type.input_type == "number":
+    if item.type.name == "integer":
         render["inputmode"] = "numeric"
     if item.type.name == "decimal":
         render["inputmode"] = "decimal"

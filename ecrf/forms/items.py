@@ -74,7 +74,8 @@ class Integer(ItemType):
     name: ClassVar[str] = "integer"
     odm: ClassVar[str] = "integer"
     column: ClassVar[str] = "value_int"
-    input_type: ClassVar[str] = "number"
+    # a text input (numeric keypad): a browser's number input drops what it cannot parse, and
+    # the server could neither explain the error nor keep what was typed
 
     def parse(self, raw: str) -> int:
         if not re.fullmatch(r"[+-]?\d{1,15}", raw.strip()):

@@ -23,6 +23,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from ecrf import create_app
 from ecrf.extensions import db as _db
+from tests.conftest import TOY_STUDY
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = os.environ.get("ECRF_CHROMIUM", "/usr/bin/chromium")
@@ -69,7 +70,7 @@ def live_server(app, databases) -> Iterator[LiveServer]:
     """The app over real HTTP, CSRF on, on a database of its own where commits are real."""
     with app.app_context():
         url = databases.copy_of_template(None, _db.engine)
-    live = create_app("test", DATABASE_URL=url, WTF_CSRF_ENABLED=True)
+    live = create_app("test", DATABASE_URL=url, WTF_CSRF_ENABLED=True, **TOY_STUDY)
     server = make_server("127.0.0.1", 0, live, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
