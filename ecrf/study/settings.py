@@ -23,6 +23,20 @@ FOLLOW_UP_VISITS = {
 }
 
 
+#: eligibility (inclusion criteria I1-I6)
+#: [S] "older than 18 years": eligible when the age in whole years is strictly above this
+MINIMUM_AGE_YEARS = 18
+#: [A] I2 read as ">= 5 of the 8 HLH-2004 criteria met", or an HScore of at least 200 [S]
+HLH2004_MIN_CRITERIA = 5
+HSCORE_MIN = 200
+#: [S] I4: SOFA at inclusion of at least 4
+SOFA_INCLUSION_MIN = 4
+#: [S] I6: highly effective contraception from the first dose to this many days after the last
+CONTRACEPTION_DAYS_AFTER_LAST_DOSE = 1
+#: [A] ask for a birth date on the demographics form (otherwise the age in years only)
+COLLECT_BIRTH_DATE = False
+
+
 def as_dict() -> dict:
     """The settings as plain data, for the change-control fingerprint."""
     return {
@@ -30,4 +44,10 @@ def as_dict() -> dict:
         "DAILY_FOLLOW_UP_DAYS": DAILY_FOLLOW_UP_DAYS,
         "DAILY_WINDOW_DAYS": DAILY_WINDOW_DAYS,
         "FOLLOW_UP_VISITS": FOLLOW_UP_VISITS,
+        "MINIMUM_AGE_YEARS": MINIMUM_AGE_YEARS,
+        "HLH2004_MIN_CRITERIA": HLH2004_MIN_CRITERIA,
+        "HSCORE_MIN": HSCORE_MIN,
+        "SOFA_INCLUSION_MIN": SOFA_INCLUSION_MIN,
+        "CONTRACEPTION_DAYS_AFTER_LAST_DOSE": CONTRACEPTION_DAYS_AFTER_LAST_DOSE,
+        "COLLECT_BIRTH_DATE": COLLECT_BIRTH_DATE,
     }
