@@ -33,6 +33,8 @@ HSCORE_MIN = 200
 SOFA_INCLUSION_MIN = 4
 #: [S] I6: highly effective contraception from the first dose to this many days after the last
 CONTRACEPTION_DAYS_AFTER_LAST_DOSE = 1
+#: [A] participation in another interventional trial is recorded; set True to make it exclude
+OTHER_TRIAL_EXCLUDES = False
 #: [A] ask for a birth date on the demographics form (otherwise the age in years only)
 COLLECT_BIRTH_DATE = False
 
@@ -50,4 +52,5 @@ def as_dict() -> dict:
         "SOFA_INCLUSION_MIN": SOFA_INCLUSION_MIN,
         "CONTRACEPTION_DAYS_AFTER_LAST_DOSE": CONTRACEPTION_DAYS_AFTER_LAST_DOSE,
         "COLLECT_BIRTH_DATE": COLLECT_BIRTH_DATE,
+        "OTHER_TRIAL_EXCLUDES": OTHER_TRIAL_EXCLUDES,
     }
