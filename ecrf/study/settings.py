@@ -23,6 +23,12 @@ FOLLOW_UP_VISITS = {
 }
 
 
+#: [A] the primary endpoint, derived from the daily SOFA total:
+#:   "value"    - the SOFA total at day ``day``;
+#:   "change"   - the SOFA total at day ``day`` minus the total at D0 (negative = better);
+#:   "response" - yes/no: a decrease of at least ``points`` from D0 by day ``day``.
+PRIMARY_ENDPOINT = {"kind": "change", "day": 7, "points": 2}
+
 #: eligibility (inclusion criteria I1-I6)
 #: [S] "older than 18 years": eligible when the age in whole years is strictly above this
 MINIMUM_AGE_YEARS = 18
@@ -53,4 +59,5 @@ def as_dict() -> dict:
         "CONTRACEPTION_DAYS_AFTER_LAST_DOSE": CONTRACEPTION_DAYS_AFTER_LAST_DOSE,
         "COLLECT_BIRTH_DATE": COLLECT_BIRTH_DATE,
         "OTHER_TRIAL_EXCLUDES": OTHER_TRIAL_EXCLUDES,
+        "PRIMARY_ENDPOINT": PRIMARY_ENDPOINT,
     }
