@@ -73,6 +73,15 @@ class CheckContext:
             return None
         return plain(instance_values(instance, definition_for(crf_key, instance)))
 
+    def all_values(self, crf_key: str) -> list[tuple[FormInstance, dict[str, Any]]]:
+        """Every instance of a (repeating) form of the subject, other than the one being saved."""
+        stmt = sa.select(FormInstance).where(FormInstance.subject_id == self.subject.id,
+                                             FormInstance.crf_key == crf_key)
+        return [(i, plain(instance_values(i, definition_for(crf_key, i))))
+                for i in db.session.scalars(stmt.order_by(FormInstance.id))
+                if not (i.visit_key == self.slot.visit_key and i.visit_repeat == self.slot.visit_repeat
+                        and i.form_repeat == self.slot.form_repeat)]
+
 
 @dataclass
 class SaveResult:

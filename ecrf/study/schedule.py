@@ -92,7 +92,7 @@ def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
 FORMS: dict[str, tuple[str, ...]] = {
     "D0": ("eligibility", "sofa_daily"),
     "daily": ("sofa_daily",),
-    "repeating": ("adverse_event",),
+    "repeating": ("adverse_event", "dosing"),
 }
 
 SCHEDULE = build_schedule(FORMS)

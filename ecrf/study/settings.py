@@ -29,6 +29,11 @@ FOLLOW_UP_VISITS = {
 #:   "response" - yes/no: a decrease of at least ``points`` from D0 by day ``day``.
 PRIMARY_ENDPOINT = {"kind": "change", "day": 7, "points": 2}
 
+#: [A] ruxolitinib: the planned dose per slot (twice daily) and the tablet strengths (EU Jakavi)
+PLANNED_DOSE_MG = 10
+DOSE_LEVELS_MG = (5, 10, 15, 20)
+TABLET_STRENGTHS_MG = (5, 10, 15, 20)
+
 #: eligibility (inclusion criteria I1-I6)
 #: [S] "older than 18 years": eligible when the age in whole years is strictly above this
 MINIMUM_AGE_YEARS = 18
@@ -43,6 +48,9 @@ CONTRACEPTION_DAYS_AFTER_LAST_DOSE = 1
 OTHER_TRIAL_EXCLUDES = False
 #: [A] ask for a birth date on the demographics form (otherwise the age in years only)
 COLLECT_BIRTH_DATE = False
+#: [A] a pregnancy test before the first dose (CTFG) is expected at most this many days before
+#: inclusion (D0); an older one, or one dated after D0, asks for a confirmation (contraception form)
+PREGNANCY_TEST_MAX_DAYS_BEFORE_INCLUSION = 3
 
 
 def as_dict() -> dict:
@@ -58,6 +66,10 @@ def as_dict() -> dict:
         "SOFA_INCLUSION_MIN": SOFA_INCLUSION_MIN,
         "CONTRACEPTION_DAYS_AFTER_LAST_DOSE": CONTRACEPTION_DAYS_AFTER_LAST_DOSE,
         "COLLECT_BIRTH_DATE": COLLECT_BIRTH_DATE,
+        "PREGNANCY_TEST_MAX_DAYS_BEFORE_INCLUSION": PREGNANCY_TEST_MAX_DAYS_BEFORE_INCLUSION,
         "OTHER_TRIAL_EXCLUDES": OTHER_TRIAL_EXCLUDES,
         "PRIMARY_ENDPOINT": PRIMARY_ENDPOINT,
+        "PLANNED_DOSE_MG": PLANNED_DOSE_MG,
+        "DOSE_LEVELS_MG": DOSE_LEVELS_MG,
+        "TABLET_STRENGTHS_MG": TABLET_STRENGTHS_MG,
     }
