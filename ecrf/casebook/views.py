@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
 from ecrf.access.decorators import refuse, requires
 from ecrf.access.grants import Access
@@ -130,8 +131,8 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
             reason=_reason(), row_version=row_version, token=form.submission_token.data or None,
             confirmed=set(request.form.getlist("confirm")))
         if result.ok:
-            flash({"saved": "Saved.", "unchanged": "Nothing changed.",
-                   "duplicate": "This submission was already saved."}[result.outcome], "info")
+            flash({"saved": _("Saved."), "unchanged": _("Nothing changed."),
+                   "duplicate": _("This submission was already saved.")}[result.outcome], "info")
             target = result.instance
             return redirect(url_for("casebook.form_page", code=code, visit_key=visit_key,
                                     visit_repeat=visit_repeat, crf_key=crf_key,
@@ -144,7 +145,10 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
     derived = services.derive(crf, services.instance_values(instance, crf)) if instance else {}
     for item in crf.items:
         if item.derived:
-            form[item.key].data = services.value_text(item, derived.get(item.key)) or ""
+            value = derived.get(item.key)
+            shown = item.type.label(value) if value is not None and hasattr(item.type, "label") \
+                else services.value_text(item, value)
+            form[item.key].data = shown or ""
     status = 409 if result and result.outcome == "conflict" else 400 if result else 200
     return render_template(
         "casebook/form.html", subject=subject, visit=visit, visit_repeat=visit_repeat, crf=crf,
@@ -167,7 +171,7 @@ def mark_not_done(code: str, visit_key: str, visit_repeat: int, crf_key: str, fo
         services.mark_not_done(g.access.actor(subject.site_id), subject, crf_key,
                                services.Slot(visit_key, visit_repeat, form_repeat),
                                request.form.get("not_done_reason", ""))
-        flash("The form is marked not done.", "info")
+        flash(_("The form is marked not done."), "info")
     except ValueError as e:
         flash(str(e), "error")
     return redirect(url_for("casebook.grid", code=code))

@@ -90,7 +90,7 @@ def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
 
 #: Which CRFs each kind of visit expects ("daily": D1..Dn, "repeating": at any visit).
 FORMS: dict[str, tuple[str, ...]] = {
-    "D0": ("eligibility", "sofa_daily"),
+    "D0": ("eligibility", "hs_diagnosis", "sofa_daily"),
     "daily": ("sofa_daily",),
     "repeating": ("adverse_event", "dosing"),
 }
