@@ -68,11 +68,15 @@ class Schedule:
 
 def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
     """The JAKAHDI schedule from the study settings and the forms expected at each visit kind."""
-    visits = [Visit("D0", "Screening / inclusion (D0)", 0, forms=form_lines.get("D0", ()),
+    d0_forms = form_lines.get("D0", ()) + (form_lines.get("lab_days", ()) if 0 in settings.LAB_DAYS
+                                           else ())
+    visits = [Visit("D0", "Screening / inclusion (D0)", 0, forms=d0_forms,
                     repeating_forms=form_lines.get("repeating", ()))]
+    lab_forms = form_lines.get("lab_days", ())
     for n in range(1, settings.DAILY_FOLLOW_UP_DAYS + 1):
+        forms = form_lines.get("daily", ()) + (lab_forms if n in settings.LAB_DAYS else ())
         visits.append(Visit(f"D{n}", f"Day {n}", n, settings.DAILY_WINDOW_DAYS,
-                            settings.DAILY_WINDOW_DAYS, forms=form_lines.get("daily", ()),
+                            settings.DAILY_WINDOW_DAYS, forms=forms,
                             repeating_forms=form_lines.get("repeating", ())))
     visits += [
         Visit("EOT", "End of treatment", None, forms=form_lines.get("EOT", ())),
@@ -88,11 +92,15 @@ def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
     return Schedule(tuple(visits))
 
 
-#: Which CRFs each kind of visit expects ("daily": D1..Dn, "repeating": at any visit).
+#: Which CRFs each kind of visit expects ("daily": D1..Dn, "lab_days": the days of
+#: settings.LAB_DAYS, "repeating": at any visit).
 FORMS: dict[str, tuple[str, ...]] = {
-    "D0": ("eligibility", "hs_diagnosis", "sofa_daily"),
+    "D0": ("consent", "demographics", "medical_history", "hs_diagnosis", "eligibility",
+           "contraception", "sofa_daily"),
     "daily": ("sofa_daily",),
-    "repeating": ("adverse_event", "dosing"),
+    "lab_days": ("labs",),
+    "D90": ("end_of_study",),
+    "repeating": ("adverse_event", "dosing", "deviation"),
 }
 
 SCHEDULE = build_schedule(FORMS)

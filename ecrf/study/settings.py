@@ -16,6 +16,9 @@ STUDY = {
 DAILY_FOLLOW_UP_DAYS = 14
 DAILY_WINDOW_DAYS = 0
 
+#: [A] days on which the laboratory and HS activity form is expected
+LAB_DAYS = (0, 3, 7, 14)
+
 #: [A] follow-up visits: key -> (title, target day, window before, window after)
 FOLLOW_UP_VISITS = {
     "D28": ("Day 28", 28, 2, 2),
@@ -60,6 +63,7 @@ def as_dict() -> dict:
         "DAILY_FOLLOW_UP_DAYS": DAILY_FOLLOW_UP_DAYS,
         "DAILY_WINDOW_DAYS": DAILY_WINDOW_DAYS,
         "FOLLOW_UP_VISITS": FOLLOW_UP_VISITS,
+        "LAB_DAYS": LAB_DAYS,
         "MINIMUM_AGE_YEARS": MINIMUM_AGE_YEARS,
         "HLH2004_MIN_CRITERIA": HLH2004_MIN_CRITERIA,
         "HSCORE_MIN": HSCORE_MIN,
