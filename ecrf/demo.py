@@ -7,6 +7,8 @@ named system account ``demo-loader``. Never loaded in a production configuration
 from __future__ import annotations
 
 import random
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import click
 import sqlalchemy as sa
@@ -18,6 +20,7 @@ from ecrf.audit.unit_of_work import Actor, unit_of_work
 from ecrf.auth import services as auth_services
 from ecrf.auth.models import User
 from ecrf.extensions import db
+from ecrf.study import eligibility
 from ecrf.study import services as study_services
 from ecrf.study.models import Site, SubjectStatus
 
@@ -84,13 +87,16 @@ def add_subjects(actor: Actor, n: int, *, seed: int) -> None:
             site = sites[i % len(sites)]
             subject = study_services.enrol_subject(actor, site)
             roll = rng.random()
-            if roll < 0.15:
+            if roll >= 0.9:
+                continue  # still in screening
+            fill_screening(actor, subject, rng, eligible=roll >= 0.12)
+            fill_sofa(actor, subject, rng)
+            if eligibility.for_subject(subject).eligible:
+                study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
+            else:
                 study_services.change_subject_status(
                     actor, subject, SubjectStatus.SCREEN_FAILURE,
                     Reason("other", "DEMO: did not meet the eligibility criteria"))
-            elif roll < 0.9:
-                study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
-                fill_sofa(actor, subject, rng)
 
 
 def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
@@ -116,18 +122,65 @@ def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
     return values
 
 
+def save_confirmed(actor: Actor, subject, crf_key: str, slot, values: dict) -> None:
+    """Save through the same service as the web form, confirming its soft checks (a loader)."""
+    from ecrf.casebook.services import Submitted, save_form
+
+    result = save_form(actor, subject, crf_key, slot, Submitted(values))
+    if result.outcome == "needs_confirmation":
+        result = save_form(actor, subject, crf_key, slot, Submitted(values),
+                           confirmed={w.check_id for w in result.warnings})
+    if not result.ok:
+        raise RuntimeError(f"demo {crf_key} for {subject.code} refused: {result.errors}")
+
+
+def screening_forms(rng: random.Random, subject, *, eligible: bool = True) -> dict[str, dict]:
+    """Plausible D0 forms of an adult with acquired HS in the ICU (eligible, or not)."""
+    from datetime import timedelta
+
+    from ecrf.forms.crfs.eligibility import EXCLUSIONS
+
+    tz = ZoneInfo(subject.site.timezone)
+    now = datetime.now(tz).replace(second=0, microsecond=0)
+    sex = rng.choice("MF")
+    age = rng.randint(19, 84) if eligible else rng.choice([17, 18])
+    forms = {
+        "consent": {"consent_type": "PATIENT",
+                    "patient_signed_at": (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"),
+                    "withdrawn": "N"},
+        "demographics": {"sex": sex, "age": str(age), "weight": f"{rng.uniform(50, 110):.1f}",
+                         "height": str(rng.randint(152, 192)),
+                         **({"wocbp": "N", "not_wocbp_reason": "POSTMENOPAUSAL"}
+                            if sex == "F" else {})},
+        "medical_history": {"immunosuppression": "N", "etiology": ["VIRAL"],
+                            "etiology_detail": "EBV", "prior_treatment": "N",
+                            "icu_admission_at": (now - timedelta(hours=30)).strftime(
+                                "%Y-%m-%dT%H:%M")},
+        "hs_diagnosis": {"temperature": "38.8", "hepatomegaly": "N", "splenomegaly": "Y",
+                         "immunosuppression": "N", "hemoglobin": "8.6", "neutrophils": "1.21",
+                         "platelets": "34", "ferritin": str(rng.randint(2500, 30000)),
+                         "triglycerides": "1.80", "fibrinogen": "1.54", "ast": "717",
+                         "marrow_done": "Y", "marrow_date": (now - timedelta(days=1)).strftime(
+                             "%Y-%m-%d"), "hemophagocytosis": "Y"},
+        "eligibility": {key: "N" for key, _ in EXCLUSIONS} | {"other_trial": "N"},
+    }
+    return forms
+
+
+def fill_screening(actor: Actor, subject, rng: random.Random, *, eligible: bool = True) -> None:
+    from ecrf.casebook.services import Slot
+
+    for crf_key, values in screening_forms(rng, subject, eligible=eligible).items():
+        save_confirmed(actor, subject, crf_key, Slot("D0"), values)
+
+
 def fill_sofa(actor: Actor, subject, rng: random.Random, days: int = 4) -> None:
     """Daily SOFA from D0 on, improving (or not) from a random baseline severity."""
-    from ecrf.casebook.services import Slot, Submitted, save_form
+    from ecrf.casebook.services import Slot
 
-    severity = rng.uniform(0.35, 0.95)
+    severity = rng.uniform(0.45, 0.95)
     for day in range(days):
-        result = save_form(actor, subject, "sofa_daily", Slot(f"D{day}"),
-                           Submitted(_sofa_day(rng, severity)),
-                           confirmed={"SOFA_DAILY-platelets-RANGE", "SOFA_DAILY-map-RANGE",
-                                      "SOFA-06"})
-        if not result.ok:
-            raise RuntimeError(f"demo SOFA for {subject.code} D{day} refused: {result.errors}")
+        save_confirmed(actor, subject, "sofa_daily", Slot(f"D{day}"), _sofa_day(rng, severity))
         severity = max(0.05, severity + rng.uniform(-0.2, 0.08))
 
 
