@@ -84,19 +84,23 @@ def add_subjects(actor: Actor, n: int, *, seed: int) -> None:
     with click.progressbar(range(n), label="Enrolling synthetic subjects",
                            show_pos=True) as bar:
         for i in bar:
-            site = sites[i % len(sites)]
-            subject = study_services.enrol_subject(actor, site)
-            roll = rng.random()
-            if roll >= 0.9:
-                continue  # still in screening
-            fill_screening(actor, subject, rng, eligible=roll >= 0.12)
-            fill_sofa(actor, subject, rng)
-            if eligibility.for_subject(subject).eligible:
-                study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
-            else:
-                study_services.change_subject_status(
-                    actor, subject, SubjectStatus.SCREEN_FAILURE,
-                    Reason("other", "DEMO: did not meet the eligibility criteria"))
+            with unit_of_work(actor):  # one transaction per subject: same services, fewer commits
+                _add_subject(actor, sites[i % len(sites)], rng)
+
+
+def _add_subject(actor: Actor, site, rng: random.Random) -> None:
+    subject = study_services.enrol_subject(actor, site)
+    roll = rng.random()
+    if roll >= 0.9:
+        return  # still in screening
+    fill_screening(actor, subject, rng, eligible=roll >= 0.12)
+    fill_sofa(actor, subject, rng)
+    if eligibility.for_subject(subject).eligible:
+        study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
+    else:
+        study_services.change_subject_status(
+            actor, subject, SubjectStatus.SCREEN_FAILURE,
+            Reason("other", "DEMO: did not meet the eligibility criteria"))
 
 
 def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
@@ -174,11 +178,12 @@ def fill_screening(actor: Actor, subject, rng: random.Random, *, eligible: bool 
         save_confirmed(actor, subject, crf_key, Slot("D0"), values)
 
 
-def fill_sofa(actor: Actor, subject, rng: random.Random, days: int = 4) -> None:
+def fill_sofa(actor: Actor, subject, rng: random.Random, days: int = 4,
+              severity: float | None = None) -> None:
     """Daily SOFA from D0 on, improving (or not) from a random baseline severity."""
     from ecrf.casebook.services import Slot
 
-    severity = rng.uniform(0.45, 0.95)
+    severity = rng.uniform(0.45, 0.95) if severity is None else severity
     for day in range(days):
         save_confirmed(actor, subject, "sofa_daily", Slot(f"D{day}"), _sofa_day(rng, severity))
         severity = max(0.05, severity + rng.uniform(-0.2, 0.08))

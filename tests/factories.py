@@ -40,6 +40,20 @@ class Factories:
             site = self.site(site)
         return enrol_subject(system_actor(), site)
 
+    def included(self, site="01", *, seed: int = 7):
+        """An enrolled subject whose D0 forms make them eligible, then included (D0 = today)."""
+        import random
+
+        from ecrf.demo import fill_screening, fill_sofa
+        from ecrf.study.services import change_subject_status
+
+        subject = self.subject(site)
+        rng = random.Random(seed)
+        fill_screening(system_actor(), subject, rng)
+        fill_sofa(system_actor(), subject, rng, days=1, severity=0.8)
+        change_subject_status(system_actor(), subject, "included")
+        return subject
+
 
 def audit_rows(**filters) -> list[AuditRecord]:
     stmt = sa.select(AuditRecord).order_by(AuditRecord.seq)

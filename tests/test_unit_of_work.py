@@ -135,3 +135,18 @@ def test_nested_units_of_work_commit_once_as_one_transaction(make, db):
     rows = [r for r in audit_rows(action="site.update") if r.seq > last]
     assert {r.field for r in rows} == {"name", "timezone"}
     assert len({r.request_id for r in rows}) == 1
+
+
+def test_a_nested_unit_of_work_records_its_changes_with_its_own_reason(make, db):
+    site = make.site("01")
+    actor = system_actor()
+    last = audit_rows()[-1].seq
+    with unit_of_work(actor, Reason("administrative", "outer")):
+        site.name = "Outer name"
+        with unit_of_work(actor, Reason("entry_error", "inner")):
+            site.timezone = "UTC"
+        site.name = "Outer again"
+    rows = {(r.field, r.value.new_value): r.reason_text for r in audit_rows(action="site.update")
+            if r.seq > last}
+    assert rows == {("name", "Outer name"): "outer", ("timezone", "UTC"): "inner",
+                    ("name", "Outer again"): "outer"}

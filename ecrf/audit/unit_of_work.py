@@ -98,7 +98,14 @@ def unit_of_work(actor: Actor, reason: Reason | None = None) -> Iterator[UnitOfW
     if outer is not None:
         if outer.actor != actor:
             raise AuditError("a unit of work is already open for another actor")
-        yield outer
+        # a nested block keeps its own reason: capture before and after it under the right one
+        session.flush()
+        saved, outer.reason = outer.reason, reason or outer.reason
+        try:
+            yield outer
+            session.flush()
+        finally:
+            outer.reason = saved
         return
     request_id, client = str(uuid.uuid4()), None
     if has_request_context():
