@@ -48,7 +48,8 @@ def _audited(objs) -> list[Audited]:
 
 
 def _before_flush(session: Session, _ctx, _instances) -> None:
-    touched = _audited(iter_chain(session.new, session.dirty, session.deleted))
+    dirty = [o for o in session.dirty if session.is_modified(o, include_collections=False)]
+    touched = _audited(iter_chain(session.new, dirty, session.deleted))
     if not touched:
         return
     if session.info.get(UOW_KEY) is None:
