@@ -100,7 +100,7 @@ FORMS: dict[str, tuple[str, ...]] = {
     "daily": ("sofa_daily",),
     "lab_days": ("labs",),
     "D90": ("end_of_study",),
-    "repeating": ("adverse_event", "dosing", "deviation"),
+    "repeating": ("adverse_event", "dosing", "concomitant", "organ_support", "deviation"),
 }
 
 SCHEDULE = build_schedule(FORMS)
