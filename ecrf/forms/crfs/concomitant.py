@@ -26,7 +26,7 @@ def _is_hs(v):
 
 
 def _strong_cyp3a4(v):
-    name = " ".join(str(v.get(k) or "") for k in ("drug_name",)).lower()
+    name = v["drug_name"].lower()
     found = [d for d in STRONG_CYP3A4 if d in name]
     if found and v.get("cyp3a4") != "Y":
         return (f"{found[0].capitalize()} is a strong CYP3A4 inhibitor: tick the flag, and check "
