@@ -87,11 +87,15 @@ def _load_study(app: Flask) -> None:
 
 
 def _init_login(app: Flask, login_manager) -> None:
+    from flask_babel import gettext
+
     from ecrf.auth.services import load_session
+    from ecrf.i18n import N_
 
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
-    login_manager.login_message = "Please log in."
+    login_manager.login_message = N_("Please log in.")
+    login_manager.localize_callback = gettext
     login_manager.session_protection = "basic"
 
     @login_manager.user_loader
@@ -160,21 +164,32 @@ def _register_hooks(app: Flask) -> None:
 
         from flask_babel import get_locale
 
-        from ecrf.i18n import LANGUAGES
+        from ecrf.casebook.models import FORM_STATUS_LABELS
+        from ecrf.i18n import LANGUAGES, tr, visit_title
+        from ecrf.study.models import status_label
+
+        def form_status_label(code: str) -> str:
+            return str(FORM_STATUS_LABELS.get(code, code.replace("_", " ")))
 
         return {"can": can, "ROLES": ROLES, "app_version": __version__, "LANGUAGES": LANGUAGES,
-                "current_language": str(get_locale())}
+                "current_language": str(get_locale()), "tr": tr, "visit_title": visit_title,
+                "subject_status_label": status_label, "form_status_label": form_status_label}
 
 
 def _register_errors(app: Flask) -> None:
+    from flask_babel import gettext
+
+    from ecrf.i18n import N_
+
     def page(status: int, title: str, message: str):
         def handler(_error):
-            return render_template("error.html", status=status, title=title,
-                                   message=message), status
+            return render_template("error.html", status=status, title=gettext(title),
+                                   message=gettext(message)), status
         return handler
 
-    app.register_error_handler(400, page(400, "Bad request", "The request could not be read."))
-    app.register_error_handler(403, page(403, "Not allowed",
-                                         "Your role does not allow this action."))
-    app.register_error_handler(404, page(404, "Not found", "There is nothing here for you."))
-    app.register_error_handler(405, page(405, "Not allowed", "This method is not allowed here."))
+    app.register_error_handler(400, page(400, N_("Bad request"), N_("The request could not be read.")))
+    app.register_error_handler(403, page(403, N_("Not allowed"),
+                                         N_("Your role does not allow this action.")))
+    app.register_error_handler(404, page(404, N_("Not found"), N_("There is nothing here for you.")))
+    app.register_error_handler(405, page(405, N_("Not allowed"),
+                                         N_("This method is not allowed here.")))

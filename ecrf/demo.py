@@ -126,13 +126,14 @@ def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
     return values
 
 
-def save_confirmed(actor: Actor, subject, crf_key: str, slot, values: dict) -> None:
+def save_confirmed(actor: Actor, subject, crf_key: str, slot, values: dict,
+                   reason: Reason | None = None) -> None:
     """Save through the same service as the web form, confirming its soft checks (a loader)."""
     from ecrf.casebook.services import Submitted, save_form
 
-    result = save_form(actor, subject, crf_key, slot, Submitted(values))
+    result = save_form(actor, subject, crf_key, slot, Submitted(values), reason=reason)
     if result.outcome == "needs_confirmation":
-        result = save_form(actor, subject, crf_key, slot, Submitted(values),
+        result = save_form(actor, subject, crf_key, slot, Submitted(values), reason=reason,
                            confirmed={w.check_id for w in result.warnings})
     if not result.ok:
         raise RuntimeError(f"demo {crf_key} for {subject.code} refused: {result.errors}")

@@ -181,7 +181,7 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "subjects.view_subject"): Call(on_site=OTHER_SITE),
     ("POST", "subjects.change_status"): Call(
         302, lambda w: f"/subjects/{w.subjects[OTHER_SITE].code}",
-        lambda w: {"status": "included", "reason_text": ""},
+        lambda w: {"status": "screen_failure", "reason_text": "access walk"},
         effect=lambda w: _db.session.scalar(
             sa.select(Subject.status).where(Subject.id == w.subjects[OTHER_SITE].id)),
         on_site=OTHER_SITE),

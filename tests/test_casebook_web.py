@@ -8,7 +8,6 @@ import re
 from ecrf.audit.reasons import Reason
 from ecrf.auth.services import system_actor
 from ecrf.casebook.services import Slot, Submitted, save_form
-from ecrf.study.services import change_subject_status
 from tests.factories import audit_rows
 
 FORM = "/subjects/{code}/visits/D1/1/forms/toy_vitals/1"
@@ -30,8 +29,7 @@ def _post(client, code, data, page=None):
 
 
 def test_the_casebook_grid_shows_each_visit_and_the_form_statuses(make, login_as, client):
-    subject = make.subject("01")
-    change_subject_status(system_actor(), subject, "included")
+    subject = make.included("01")
     login_as("investigator", site="01")
     page = client.get(f"/subjects/{subject.code}/casebook").get_data(as_text=True)
     assert "Day 1" in page and "Toy vital signs" in page and "not started" in page

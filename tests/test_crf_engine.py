@@ -182,10 +182,7 @@ def test_opening_nothing_changes_nothing_and_not_done_needs_a_reason(make, db):
 
 
 def test_a_cross_form_check_sees_the_rest_of_the_casebook(make, db):
-    from ecrf.study.services import change_subject_status
-
-    subject = make.subject("01")
-    change_subject_status(system_actor(), subject, "included")
+    subject = make.included("01")
     d0 = subject.inclusion_date
     result = save(subject, {**GOOD, "measured_at": f"{d0.replace(year=d0.year - 1)}T10:00"})
     assert result.outcome == "invalid"

@@ -254,7 +254,7 @@ class _Page(HTMLParser):
 SITES = ("01", "02")
 
 
-def crawl(client, starts: list[str], limit: int = 200) -> dict[str, _Page]:
+def crawl(client, starts: list[str], limit: int = 1500) -> dict[str, _Page]:
     """GET every same-site page reachable by links from ``starts``."""
     pages: dict[str, _Page] = {}
     queue = list(starts)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flask_babel import lazy_gettext as _l
+
 PERMISSIONS: dict[str, str] = {
     "subject.view": "See the subjects of one's sites and their status",
     "subject.enrol": "Enrol a subject at one's site (gives the pseudonymous code)",
@@ -23,6 +25,7 @@ PERMISSIONS: dict[str, str] = {
 @dataclass(frozen=True)
 class Role:
     name: str
+    #: shown in the user's language (lazy: translated where it is rendered)
     title: str
     #: site-scoped roles act only on the sites they are granted; others are study-wide
     site_scoped: bool
@@ -32,15 +35,15 @@ class Role:
 ROLES: dict[str, Role] = {
     r.name: r
     for r in (
-        Role("investigator", "Site investigator", True,
+        Role("investigator", _l("Site investigator"), True,
              frozenset({"subject.view", "subject.enrol", "subject.status", "crf.view",
                         "crf.enter"})),
-        Role("monitor", "Monitor (CRA)", True, frozenset({"subject.view", "crf.view"})),
-        Role("data_manager", "Data manager", False, frozenset({"subject.view", "crf.view"})),
-        Role("auditor", "Auditor / inspector", False,
+        Role("monitor", _l("Monitor (CRA)"), True, frozenset({"subject.view", "crf.view"})),
+        Role("data_manager", _l("Data manager"), False, frozenset({"subject.view", "crf.view"})),
+        Role("auditor", _l("Auditor / inspector"), False,
              frozenset({"subject.view", "crf.view", "audit.view"})),
         # Administrators manage accounts and sites; they neither enter nor view clinical data.
-        Role("admin", "System administrator", False, frozenset({"users.manage", "sites.manage"})),
+        Role("admin", _l("System administrator"), False, frozenset({"users.manage", "sites.manage"})),
     )
 }
 

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from flask import abort, flash, g, redirect, render_template, url_for
+from flask_babel import gettext as _
 
 from ecrf.access import services as access_services
 from ecrf.access.decorators import requires
@@ -17,6 +18,7 @@ from ecrf.auth import services as auth_services
 from ecrf.auth.models import User
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
+from ecrf.i18n import N_
 from ecrf.study import services as study_services
 from ecrf.study.models import Site
 
@@ -72,8 +74,8 @@ def _reasoned_action(user_id: int, action, done: str):
     user = _user_or_404(user_id)
     form = ReasonForm()
     if not form.validate_on_submit():
-        flash("A reason is required: " + "; ".join(e for errs in form.errors.values() for e in errs),
-              "error")
+        flash(_("A reason is required: %(problems)s",
+                problems="; ".join(str(e) for errs in form.errors.values() for e in errs)), "error")
         return redirect(url_for("admin.view_user", user_id=user.id))
     try:
         result = action(g.access.actor(), user, form.reason())
@@ -82,20 +84,20 @@ def _reasoned_action(user_id: int, action, done: str):
         return redirect(url_for("admin.view_user", user_id=user.id))
     if isinstance(result, str):
         return render_template("admin/temporary_password.html", user=user, password=result)
-    flash(done.format(user=user.username), "info")
+    flash(_(done, user=user.username), "info")
     return redirect(url_for("admin.view_user", user_id=user.id))
 
 
 @bp.route("/users/<int:user_id>/deactivate", methods=["POST"])
 @requires("users.manage")
 def deactivate_user(user_id: int):
-    return _reasoned_action(user_id, auth_services.deactivate_user, "{user} is deactivated.")
+    return _reasoned_action(user_id, auth_services.deactivate_user, N_("%(user)s is deactivated."))
 
 
 @bp.route("/users/<int:user_id>/unlock", methods=["POST"])
 @requires("users.manage")
 def unlock_user(user_id: int):
-    return _reasoned_action(user_id, auth_services.unlock_user, "{user} is unlocked.")
+    return _reasoned_action(user_id, auth_services.unlock_user, N_("%(user)s is unlocked."))
 
 
 @bp.route("/users/<int:user_id>/reset-password", methods=["POST"])
@@ -117,11 +119,12 @@ def add_grant(user_id: int):
         try:
             access_services.grant_role(g.access.actor(), user, form.role.data, site,
                                        valid_from=when[0], valid_to=when[1])
-            flash(f"{user.username} now holds the role {form.role.data}.", "info")
+            flash(_("%(user)s now holds the role %(role)s.", user=user.username, role=form.role.data),
+                  "info")
         except access_services.GrantError as e:
             flash(str(e), "error")
     else:
-        flash("The grant could not be read: check the dates.", "error")
+        flash(_("The grant could not be read: check the dates."), "error")
     return redirect(url_for("admin.view_user", user_id=user.id))
 
 
@@ -133,11 +136,11 @@ def revoke_grant(grant_id: int):
     if form.validate_on_submit():
         try:
             access_services.revoke_grant(g.access.actor(), grant, form.reason())
-            flash("The grant is revoked.", "info")
+            flash(_("The grant is revoked."), "info")
         except access_services.GrantError as e:
             flash(str(e), "error")
     else:
-        flash("A reason is required to revoke a grant.", "error")
+        flash(_("A reason is required to revoke a grant."), "error")
     return redirect(url_for("admin.view_user", user_id=grant.user_id))
 
 
@@ -157,10 +160,10 @@ def create_site():
             ZoneInfo(form.timezone.data)
             study_services.create_site(g.access.actor(), form.code.data, form.name.data,
                                        form.timezone.data)
-            flash(f"Site {form.code.data} is created; activate it to enrol.", "info")
+            flash(_("Site %(code)s is created; activate it to enrol.", code=form.code.data), "info")
             return redirect(url_for("admin.list_sites"))
         except (study_services.StudyError, ZoneInfoNotFoundError, ValueError) as e:
-            form.code.errors = [*form.code.errors, str(e) or "Unknown time zone."]
+            form.code.errors = [*form.code.errors, str(e) or _("Unknown time zone.")]
     return render_template("admin/sites.html", sites=_sites(), form=form,
                            confirm=ConfirmForm()), 400
 
@@ -172,7 +175,7 @@ def activate_site(site_id: int):
     if ConfirmForm().validate_on_submit():
         try:
             study_services.activate_site(g.access.actor(), site)
-            flash(f"Site {site.code} is activated.", "info")
+            flash(_("Site %(code)s is activated.", code=site.code), "info")
         except study_services.StudyError as e:
             flash(str(e), "error")
     return redirect(url_for("admin.list_sites"))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flask_babel import lazy_gettext as _l
+
+#: the codes are stored in the audit trail; only their labels are shown in the user's language
 REASON_CODES: dict[str, str] = {
-    "entry_error": "Data entry error",
-    "new_information": "New or updated source information",
-    "query_response": "Correction in response to a query",
-    "administrative": "Administrative change",
-    "other": "Other (explain)",
+    "entry_error": _l("Data entry error"),
+    "new_information": _l("New or updated source information"),
+    "query_response": _l("Correction in response to a query"),
+    "administrative": _l("Administrative change"),
+    "other": _l("Other (explain)"),
 }
 #: set by the system itself (derived values, security events, loaders); never offered to users
 SYSTEM_CODE = "system"

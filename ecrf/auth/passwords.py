@@ -7,6 +7,7 @@ import secrets
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app, has_app_context
+from flask_babel import gettext as _
 
 
 def _hasher() -> PasswordHasher:
@@ -37,15 +38,14 @@ def policy_problems(password: str, *, username: str, min_length: int,
     """What is wrong with a new password, in words a user can act on (empty list = fine)."""
     problems = []
     if len(password) < min_length:
-        problems.append(f"The password must have at least {min_length} characters.")
+        problems.append(_("The password must have at least %(n)s characters.", n=min_length))
     if password.strip().casefold() == username.casefold() or (
         len(username) >= 4 and username.casefold() in password.casefold()
     ):
-        problems.append("The password must not be or contain the username.")
+        problems.append(_("The password must not be or contain the username."))
     if any(verify_password(h, password) for h in previous_hashes):
-        problems.append(
-            f"The password must differ from your last {len(previous_hashes)} passwords."
-        )
+        problems.append(_("The password must differ from your last %(n)s passwords.",
+                          n=len(previous_hashes)))
     return problems
 
 

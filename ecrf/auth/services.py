@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext as _
 
 from ecrf.audit.reasons import Reason
 from ecrf.audit.unit_of_work import Actor, unit_of_work
@@ -27,9 +28,11 @@ from ecrf.auth.passwords import (
 )
 from ecrf.database import utcnow
 from ecrf.extensions import db
+from ecrf.i18n import N_
 
 SYSTEM_USERNAME = "system"
-LOGIN_FAILED_MESSAGE = (
+#: shown in the user's language (the English text here is the message id)
+LOGIN_FAILED_MESSAGE = N_(
     "Unknown username or wrong password. After repeated failures the account is locked: "
     "ask an administrator if you cannot log in."
 )
@@ -105,7 +108,7 @@ def login(username: str, password: str, *, client: str | None = None,
           user_agent: str | None = None) -> LoginResult:
     username = (username or "").strip()[:64]
     user = get_user(username)
-    fail = LoginResult(None, None, LOGIN_FAILED_MESSAGE)
+    fail = LoginResult(None, None, _(LOGIN_FAILED_MESSAGE))
     if user is None or user.is_system or not user.is_active:
         with unit_of_work(system_actor(), Reason.system("failed login")) as uow:
             uow.record("auth.login_failed", "user", user.id if user else None,
@@ -186,9 +189,9 @@ def logout(token: str) -> None:
 def change_password(user: User, current: str, new: str, confirm: str) -> list[str]:
     """Change one's own password; returns the problems (nothing is saved when there are any)."""
     if not verify_password(user.password_hash, current):
-        return ["The current password is wrong."]
+        return [_("The current password is wrong.")]
     if new != confirm:
-        return ["The new password and its confirmation differ."]
+        return [_("The new password and its confirmation differ.")]
     problems = policy_problems(new, username=user.username,
                                min_length=current_app.config["PASSWORD_MIN_LENGTH"],
                                previous_hashes=_previous_hashes(user))
@@ -208,11 +211,12 @@ def create_user(actor: Actor, *, username: str, full_name: str, email: str | Non
     """Create an account with a temporary password (returned once, to hand over)."""
     username = username.strip()
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", username):
-        raise AccountError("A username is 1-64 letters, digits, '.', '-' or '_'.")
+        raise AccountError(_("A username is 1-64 letters, digits, '.', '-' or '_'."))
     if get_user(username) is not None:
-        raise AccountError(f"The username {username!r} exists or existed: usernames are never reused.")
+        raise AccountError(_("The username %(username)s exists or existed: usernames are never reused.",
+                             username=repr(username)))
     if not full_name.strip():
-        raise AccountError("A full name is required (it is printed with signatures).")
+        raise AccountError(_("A full name is required (it is printed with signatures)."))
     temp = password or temporary_password()
     with unit_of_work(actor, Reason.system("account created")) as uow:
         user = User(username=username, full_name=full_name.strip(), email=email or None,
@@ -227,7 +231,7 @@ def create_user(actor: Actor, *, username: str, full_name: str, email: str | Non
 
 def deactivate_user(actor: Actor, user: User, reason: Reason) -> None:
     if user.is_system:
-        raise AccountError("System accounts cannot be changed.")
+        raise AccountError(_("System accounts cannot be changed."))
     with unit_of_work(actor, reason):
         user.is_active = False
         _end_sessions(user, "deactivated")
@@ -235,7 +239,7 @@ def deactivate_user(actor: Actor, user: User, reason: Reason) -> None:
 
 def unlock_user(actor: Actor, user: User, reason: Reason) -> None:
     if user.locked_at is None:
-        raise AccountError(f"{user.username} is not locked.")
+        raise AccountError(_("%(username)s is not locked.", username=user.username))
     with unit_of_work(actor, reason) as uow:
         user.locked_at, user.failed_logins = None, 0
         uow.record("auth.unlocked", "user", user.id, new=user.username)
@@ -244,7 +248,7 @@ def unlock_user(actor: Actor, user: User, reason: Reason) -> None:
 def reset_password(actor: Actor, user: User, reason: Reason) -> str:
     """Force a reset: a new temporary password, shown once, that must be changed at login."""
     if user.is_system:
-        raise AccountError("System accounts cannot log in.")
+        raise AccountError(_("System accounts cannot log in."))
     temp = temporary_password()
     with unit_of_work(actor, reason) as uow:
         _set_password(user, temp, temporary=True)

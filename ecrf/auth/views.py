@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from flask import flash, g, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_user, logout_user
 
 from ecrf.access.decorators import authenticated, public
 from ecrf.auth import bp, services
 from ecrf.auth.forms import ChangePasswordForm, LoginForm
+
+
+def _fresh_session() -> None:
+    """Clear the session (at login and logout), keeping only the language the user chose."""
+    lang = session.get("lang")
+    session.clear()
+    if lang:
+        session["lang"] = lang
 
 
 def _safe_next(target: str | None) -> str:
@@ -22,13 +31,13 @@ def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
     if getattr(g, "session_timed_out", False):
-        flash("Your session ended after a period without activity. Please log in again.", "info")
+        flash(_("Your session ended after a period without activity. Please log in again."), "info")
     form = LoginForm()
     if form.validate_on_submit():
         result = services.login(form.username.data, form.password.data,
                                 client=request.remote_addr, user_agent=request.user_agent.string)
         if result.ok:
-            session.clear()  # a fresh session at login
+            _fresh_session()  # a fresh session at login
             login_user(result.user)
             return redirect(_safe_next(request.args.get("next")))
         flash(result.message, "error")
@@ -41,8 +50,8 @@ def login():
 def logout():
     services.logout(current_user.session_token)
     logout_user()
-    session.clear()
-    flash("You are logged out.", "info")
+    _fresh_session()
+    flash(_("You are logged out."), "info")
     return redirect(url_for("auth.login"))
 
 
@@ -55,7 +64,7 @@ def change_password():
         problems = services.change_password(current_user, form.current.data, form.new.data,
                                             form.confirm.data)
         if not problems:
-            flash("Your password is changed.", "info")
+            flash(_("Your password is changed."), "info")
             return redirect(url_for("main.index"))
     status = 400 if problems else 200
     return render_template("auth/password.html", form=form, problems=problems,

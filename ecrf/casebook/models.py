@@ -8,6 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ecrf.audit.capture import audit_text
@@ -20,6 +21,15 @@ class FormStatus(enum.StrEnum):
     INCOMPLETE = "incomplete"
     COMPLETE = "complete"
     NOT_DONE = "not_done"
+
+
+#: what users read for each form status, in their language (the codes are what is stored)
+FORM_STATUS_LABELS = {
+    FormStatus.NOT_STARTED: _l("not started"),
+    FormStatus.INCOMPLETE: _l("incomplete"),
+    FormStatus.COMPLETE: _l("complete"),
+    FormStatus.NOT_DONE: _l("not done"),
+}
 
 
 class FormInstance(Audited, Base):

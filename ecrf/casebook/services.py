@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy.orm.exc import StaleDataError
 
 from ecrf.audit.reasons import Reason
@@ -25,6 +26,7 @@ from ecrf.database import utcnow
 from ecrf.extensions import db
 from ecrf.forms.definition import CRF, Finding, Item, visible
 from ecrf.forms.items import NULL_FLAVORS, DateTime, ItemValueError
+from ecrf.i18n import tr
 from ecrf.study.models import Subject
 
 log = logging.getLogger(__name__)
@@ -173,18 +175,19 @@ def parse(crf: CRF, submitted: Submitted, tz: str) -> tuple[dict[str, Any], dict
             errors.setdefault(item.key, []).append(str(e))
     unknown = set(submitted.values) - {i.key for i in crf.items}
     for key in sorted(unknown):
-        errors.setdefault("_form", []).append(f"Unknown item {key!r} for this form.")
+        errors.setdefault("_form", []).append(
+            _("Unknown item %(key)s for this form.", key=repr(key)))
     derived_sent = [i.key for i in crf.items if i.derived and not i.type.is_empty(
         submitted.values.get(i.key))]
     for key in derived_sent:
-        errors.setdefault(key, []).append("This value is computed by the system, not entered.")
+        errors.setdefault(key, []).append(_("This value is computed by the system, not entered."))
     for item in crf.items:
         if item.derived or item.key in errors:
             continue
         value = values.get(item.key)
         if value is not None and not visible(item, plain(values)):
             errors.setdefault(item.key, []).append(
-                "This item does not apply given the other answers: leave it empty.")
+                _("This item does not apply given the other answers: leave it empty."))
     return values, errors
 
 
@@ -192,18 +195,18 @@ def _parse_one(item: Item, raw, flavor, tz: str):
     if flavor and flavor[0]:
         code, comment = flavor[0], (flavor[1] or "").strip()
         if code not in NULL_FLAVORS:
-            raise ItemValueError(f"Unknown null flavor {code!r}.")
+            raise ItemValueError(_("Unknown null flavor %(code)s.", code=repr(code)))
         if not item.type.is_empty(raw):
-            raise ItemValueError("Give either a value or a reason it is missing, not both.")
+            raise ItemValueError(_("Give either a value or a reason it is missing, not both."))
         if len(comment) > 500:
-            raise ItemValueError("The comment is limited to 500 characters.")
+            raise ItemValueError(_("The comment is limited to 500 characters."))
         return NullFlavor(code, comment)
     if item.type.is_empty(raw):
         return None
     if isinstance(raw, list) and not item.type.multiple:
-        raise ItemValueError("Only one value is expected.")
+        raise ItemValueError(_("Only one value is expected."))
     if isinstance(raw, str) and len(raw) > 10_000:
-        raise ItemValueError("The value is too long.")
+        raise ItemValueError(_("The value is too long."))
     if isinstance(item.type, DateTime):
         value = item.type.parse(raw, tz)
     elif item.type.multiple:
@@ -211,9 +214,10 @@ def _parse_one(item: Item, raw, flavor, tz: str):
     else:
         value = item.type.parse(str(raw).strip())
     if item.hard is not None and not item.hard.contains(value):
-        raise ItemValueError(
-            f"{item.label} must be {item.hard.describe()}"
-            + (f" {item.unit}" if item.unit else "") + f"; found {item.type.text(value)}.")
+        raise ItemValueError(_(
+            "%(label)s must be %(range)s; found %(value)s.", label=tr(item.label),
+            range=item.hard.describe() + (f" {item.unit}" if item.unit else ""),
+            value=item.type.text(value)))
     return value
 
 
@@ -239,7 +243,8 @@ def run_checks(crf: CRF, values: dict[str, Any], context=None) -> list[Finding]:
         if value is not None and item.soft is not None and not item.soft.contains(value):
             findings.append(Finding(
                 f"{crf.key.upper()}-{item.key}-RANGE", "soft",
-                f"{item.label} is usually {item.soft.describe()}"
+                # an edit check's message: English, as the audit trail keeps it when confirmed
+                f"{item.label} is usually {item.soft.describe(translate=False)}"
                 + (f" {item.unit}" if item.unit else "") + f"; found {item.type.text(value)}. "
                 "Confirm the value is right.", (item.key,)))
     for check in crf.checks:
@@ -296,7 +301,7 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     new_text = {i.key: value_text(i, values.get(i.key)) for i in crf.items}
     if instance is None and all(new_text[i.key] is None for i in crf.items if not i.derived):
         return SaveResult("invalid", None, errors={"_form": [
-            "Nothing to save: enter at least one value, or mark the form not done."]})
+            _("Nothing to save: enter at least one value, or mark the form not done.")]})
     if instance is not None and row_version is not None and row_version != instance.row_version:
         return SaveResult("conflict", instance, current=old_text)
     changed = [k for k in new_text if old_text[k] is not None and new_text[k] != old_text[k]
@@ -365,7 +370,7 @@ def _next_repeat(subject: Subject, crf_key: str, slot: Slot) -> int:
 def mark_not_done(actor: Actor, subject: Subject, crf_key: str, slot: Slot, reason_text: str):
     """An expected form that will not be filled: status "not done" with its reason."""
     if not reason_text.strip():
-        raise ValueError("Say why the form is not done.")
+        raise ValueError(_("Say why the form is not done."))
     instance = get_instance(subject, crf_key, slot)
     crf = definition_for(crf_key, instance)
     with unit_of_work(actor, Reason("other", reason_text.strip())):

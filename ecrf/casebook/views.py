@@ -19,7 +19,8 @@ from ecrf.casebook import bp, services
 from ecrf.casebook.models import FormInstance
 from ecrf.extensions import db
 from ecrf.forms.build import NF_COMMENT_SUFFIX, NF_SUFFIX, form_class
-from ecrf.forms.items import NULL_FLAVORS, DateTime
+from ecrf.forms.items import NULL_FLAVORS, Choice, DateTime
+from ecrf.i18n import tr
 
 
 def _schedule():
@@ -148,6 +149,8 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
             value = derived.get(item.key)
             shown = item.type.label(value) if value is not None and hasattr(item.type, "label") \
                 else services.value_text(item, value)
+            if value is not None and isinstance(item.type, Choice):
+                shown = tr(shown)  # a codelist label of the definition, in the user's language
             form[item.key].data = shown or ""
     status = 409 if result and result.outcome == "conflict" else 400 if result else 200
     return render_template(

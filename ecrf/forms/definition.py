@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from flask_babel import gettext as _
+
 from ecrf.forms.items import ItemType
+from ecrf.i18n import N_
 
 Values = Mapping[str, Any]
 
@@ -28,10 +31,16 @@ class Range:
     def contains(self, value) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
-    def describe(self) -> str:
+    def describe(self, translate: bool = True) -> str:
+        """The bounds in words, in the user's language; ``translate=False`` gives the English that
+        texts kept in the audit trail use (a confirmed soft range)."""
         if self.low is not None and self.high is not None:
-            return f"between {self.low} and {self.high}"
-        return f"at least {self.low}" if self.low is not None else f"at most {self.high}"
+            message, values = N_("between %(low)s and %(high)s"), {"low": self.low, "high": self.high}
+        elif self.low is not None:
+            message, values = N_("at least %(low)s"), {"low": self.low}
+        else:
+            message, values = N_("at most %(high)s"), {"high": self.high}
+        return _(message, **values) if translate else message % values
 
 
 @dataclass(frozen=True)

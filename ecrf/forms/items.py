@@ -18,19 +18,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+
 #: storage columns of ItemValue, one per kind of value
 COLUMNS = ("value_text", "value_int", "value_dec", "value_date", "value_dt")
 
+#: codes are stored; labels are shown in the user's language
 NULL_FLAVORS: dict[str, str] = {
-    "NI": "Not done",
-    "UNK": "Unknown",
-    "NA": "Not applicable",
-    "ASKU": "Asked but unknown",
+    "NI": _l("Not done"),
+    "UNK": _l("Unknown"),
+    "NA": _l("Not applicable"),
+    "ASKU": _l("Asked but unknown"),
 }
 
 
 class ItemValueError(ValueError):
-    """A value that cannot be stored as typed; the message is shown next to the item."""
+    """A value that cannot be stored as typed; the message is shown next to the item (in the
+    user's language: outside a request, English)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class Integer(ItemType):
 
     def parse(self, raw: str) -> int:
         if not re.fullmatch(r"[+-]?\d{1,15}", raw.strip()):
-            raise ItemValueError(f"A whole number is expected; found {raw!r}.")
+            raise ItemValueError(_("A whole number is expected; found %(found)s.", found=repr(raw)))
         return int(raw)
 
     def coerce(self, value) -> int:
@@ -98,14 +103,15 @@ class DecimalNumber(ItemType):
     def parse(self, raw: str) -> Decimal:
         text = raw.strip().replace(",", ".")
         if not re.fullmatch(r"[+-]?(\d{1,12}(\.\d*)?|\.\d+)", text):
-            raise ItemValueError(f"A number is expected (e.g. 7.5 or 7,5); found {raw!r}.")
+            raise ItemValueError(
+                _("A number is expected (e.g. 7.5 or 7,5); found %(found)s.", found=repr(raw)))
         try:
             value = Decimal(text)
         except InvalidOperation:
-            raise ItemValueError(f"A number is expected; found {raw!r}.") from None
+            raise ItemValueError(_("A number is expected; found %(found)s.", found=repr(raw))) from None
         if -value.as_tuple().exponent > self.precision:
-            raise ItemValueError(
-                f"At most {self.precision} decimal place(s) are allowed; found {raw!r}.")
+            raise ItemValueError(_("At most %(n)s decimal place(s) are allowed; found %(found)s.",
+                                   n=self.precision, found=repr(raw)))
         return value
 
     def text(self, value) -> str:
@@ -124,9 +130,10 @@ class Text(ItemType):
 
     def parse(self, raw: str) -> str:
         if len(raw) > self.max_length:
-            raise ItemValueError(f"At most {self.max_length} characters; found {len(raw)}.")
+            raise ItemValueError(_("At most %(n)s characters; found %(found)s.", n=self.max_length,
+                                   found=len(raw)))
         if any(ord(c) < 32 and c not in "\t\n\r" for c in raw):
-            raise ItemValueError("Control characters are not allowed.")
+            raise ItemValueError(_("Control characters are not allowed."))
         return raw
 
 
@@ -142,13 +149,15 @@ class Date(ItemType):
         m = re.fullmatch(r"(\d{4})-(\d{2})-(\d{2})", text) or re.fullmatch(
             r"(\d{2})/(\d{2})/(\d{4})", text)
         if not m:
-            raise ItemValueError(f"A date is expected as YYYY-MM-DD or DD/MM/YYYY; found {raw!r}.")
+            raise ItemValueError(_("A date is expected as YYYY-MM-DD or DD/MM/YYYY; found %(found)s.",
+                                   found=repr(raw)))
         y, mo, d = (m.group(1), m.group(2), m.group(3)) if "-" in text else (
             m.group(3), m.group(2), m.group(1))
         try:
             return date(int(y), int(mo), int(d))
         except ValueError:
-            raise ItemValueError(f"{raw!r} is not a date in the calendar.") from None
+            raise ItemValueError(_("%(found)s is not a date in the calendar.",
+                                   found=repr(raw))) from None
 
     def text(self, value) -> str:
         return value.isoformat()
@@ -165,18 +174,20 @@ class PartialDate(ItemType):
         text = raw.strip()
         m = re.fullmatch(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", text)
         if not m:
-            raise ItemValueError(
-                f"A date is expected as YYYY, YYYY-MM or YYYY-MM-DD; found {raw!r}.")
+            raise ItemValueError(_("A date is expected as YYYY, YYYY-MM or YYYY-MM-DD; found %(found)s.",
+                                   found=repr(raw)))
         year, month, day = m.groups()
         if not 1900 <= int(year) <= 2100:
-            raise ItemValueError(f"The year {year} is not plausible.")
+            raise ItemValueError(_("The year %(year)s is not plausible.", year=year))
         if month is not None and not 1 <= int(month) <= 12:
-            raise ItemValueError(f"The month {month} does not exist (found {raw!r}).")
+            raise ItemValueError(_("The month %(month)s does not exist (found %(found)s).", month=month,
+                                   found=repr(raw)))
         if day is not None:
             try:
                 date(int(year), int(month), int(day))
             except ValueError:
-                raise ItemValueError(f"{raw!r} is not a date in the calendar.") from None
+                raise ItemValueError(_("%(found)s is not a date in the calendar.",
+                                       found=repr(raw))) from None
         return text
 
 
@@ -194,8 +205,8 @@ class DateTime(ItemType):
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            raise ItemValueError(
-                f"A date and time is expected as YYYY-MM-DD HH:MM; found {raw!r}.") from None
+            raise ItemValueError(_("A date and time is expected as YYYY-MM-DD HH:MM; found %(found)s.",
+                                   found=repr(raw))) from None
         if value.tzinfo is None:
             value = value.replace(tzinfo=ZoneInfo(tz))
         return value.astimezone(UTC)
@@ -216,11 +227,11 @@ class Time(ItemType):
     def parse(self, raw: str) -> str:
         text = raw.strip()
         if not re.fullmatch(r"\d{2}:\d{2}", text):
-            raise ItemValueError(f"A time is expected as HH:MM; found {raw!r}.")
+            raise ItemValueError(_("A time is expected as HH:MM; found %(found)s.", found=repr(raw)))
         try:
             time.fromisoformat(text)
         except ValueError:
-            raise ItemValueError(f"{raw!r} is not a time of day.") from None
+            raise ItemValueError(_("%(found)s is not a time of day.", found=repr(raw))) from None
         return text
 
 
@@ -235,7 +246,7 @@ class Choice(ItemType):
     def parse(self, raw: str) -> str:
         codes = [c for c, _ in self.codelist]
         if raw not in codes:
-            raise ItemValueError(f"Choose one of the listed answers; found {raw!r}.")
+            raise ItemValueError(_("Choose one of the listed answers; found %(found)s.", found=repr(raw)))
         return raw
 
     def choices(self):
@@ -256,7 +267,8 @@ class MultiChoice(Choice):
         codes = [c for c, _ in self.codelist]
         unknown = [v for v in values if v not in codes]
         if unknown:
-            raise ItemValueError(f"Choose among the listed answers; found {unknown!r}.")
+            raise ItemValueError(_("Choose among the listed answers; found %(found)s.",
+                                   found=repr(unknown)))
         return [c for c in codes if c in values]
 
     def text(self, value) -> str:
@@ -306,7 +318,8 @@ class CtcaeTerm(ItemType):
     def parse(self, raw: str) -> str:
         code = raw.strip()
         if code not in ctcae_terms():
-            raise ItemValueError(f"Choose a CTCAE v5.0 term from the list; found {raw!r}.")
+            raise ItemValueError(_("Choose a CTCAE v5.0 term from the list; found %(found)s.",
+                                   found=repr(raw)))
         return code
 
     def choices(self):

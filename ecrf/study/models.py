@@ -6,6 +6,7 @@ import enum
 from datetime import date, datetime
 
 import sqlalchemy as sa
+from flask_babel import lazy_gettext as _l
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ecrf.audit.models import Audited, AuditSpec
@@ -48,6 +49,22 @@ class SubjectStatus(enum.StrEnum):
     COMPLETED = "completed"
     WITHDRAWN = "withdrawn"
     REMOVED = "removed"
+
+
+#: what users read for each status, in their language (the codes are what is stored)
+SUBJECT_STATUS_LABELS = {
+    SubjectStatus.SCREENING: _l("screening"),
+    SubjectStatus.INCLUDED: _l("included"),
+    SubjectStatus.SCREEN_FAILURE: _l("screen failure"),
+    SubjectStatus.COMPLETED: _l("completed"),
+    SubjectStatus.WITHDRAWN: _l("withdrawn"),
+    SubjectStatus.REMOVED: _l("removed"),
+}
+
+
+def status_label(code: str) -> str:
+    """A subject status as users read it (an unknown code as it is)."""
+    return str(SUBJECT_STATUS_LABELS.get(code, code))
 
 
 class Subject(Audited, Base):

@@ -6,12 +6,14 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from flask_babel import gettext as _
 
 from ecrf.audit.reasons import Reason
 from ecrf.audit.unit_of_work import Actor, unit_of_work
 from ecrf.database import utcnow
 from ecrf.extensions import db
-from ecrf.study.models import Site, Subject, SubjectCounter, SubjectStatus
+from ecrf.study import eligibility
+from ecrf.study.models import Site, Subject, SubjectCounter, SubjectStatus, status_label
 
 S = SubjectStatus
 #: allowed status changes and whether they need a reason
@@ -32,11 +34,11 @@ class StudyError(ValueError):
 def create_site(actor: Actor, code: str, name: str, timezone: str = "Europe/Paris") -> Site:
     code = code.strip()
     if not (code.isdigit() and len(code) == 2):
-        raise StudyError("A site code is two digits, e.g. 01.")
+        raise StudyError(_("A site code is two digits, e.g. 01."))
     if db.session.scalar(sa.select(Site).where(Site.code == code)) is not None:
-        raise StudyError(f"Site {code} exists.")
+        raise StudyError(_("Site %(code)s exists.", code=code))
     if not name.strip():
-        raise StudyError("A site needs a name.")
+        raise StudyError(_("A site needs a name."))
     with unit_of_work(actor, Reason.system("site created")):
         site = Site(code=code, name=name.strip(), timezone=timezone)
         db.session.add(site)
@@ -48,7 +50,8 @@ def create_site(actor: Actor, code: str, name: str, timezone: str = "Europe/Pari
 def activate_site(actor: Actor, site: Site, when: datetime | None = None) -> None:
     """Record the date from which the site may enrol."""
     if site.activated_at is not None:
-        raise StudyError(f"Site {site.code} was activated on {site.activated_at:%Y-%m-%d}.")
+        raise StudyError(_("Site %(code)s was activated on %(date)s.", code=site.code,
+                           date=f"{site.activated_at:%Y-%m-%d}"))
     with unit_of_work(actor, Reason.system("site activated")):
         site.activated_at = when or utcnow()
 
@@ -56,7 +59,7 @@ def activate_site(actor: Actor, site: Site, when: datetime | None = None) -> Non
 def enrol_subject(actor: Actor, site: Site) -> Subject:
     """Give the next code ``<site>-<NNN>`` under a row lock on the site's counter."""
     if not site.is_active_at(utcnow()):
-        raise StudyError(f"Site {site.code} is not activated: it cannot enrol yet.")
+        raise StudyError(_("Site %(code)s is not activated: it cannot enrol yet.", code=site.code))
     with unit_of_work(actor):
         counter = db.session.execute(
             sa.select(SubjectCounter).where(SubjectCounter.site_id == site.id)
@@ -75,14 +78,24 @@ def change_subject_status(actor: Actor, subject: Subject, new_status: str,
     try:
         new = SubjectStatus(new_status)
     except ValueError:
-        raise StudyError(f"Unknown status {new_status!r}.") from None
+        raise StudyError(_("Unknown status %(status)s.", status=repr(new_status))) from None
     key = (SubjectStatus(subject.status), new)
     if key not in TRANSITIONS:
-        raise StudyError(f"A subject cannot go from {subject.status} to {new.value}.")
+        raise StudyError(_("A subject cannot go from %(old)s to %(new)s.",
+                           old=status_label(subject.status), new=status_label(new.value)))
     if TRANSITIONS[key] and (reason is None or not reason.text.strip()):
-        raise StudyError(f"Changing the status to {new.value} needs a reason.")
+        raise StudyError(_("Changing the status to %(new)s needs a reason.",
+                           new=status_label(new.value)))
+    status_reason = reason.text if reason else None
+    if new in (S.INCLUDED, S.SCREEN_FAILURE):
+        found = eligibility.for_subject(subject)  # computed from the data, never ticked
+        if new is S.INCLUDED and not found.eligible:
+            raise StudyError(_("The subject is not eligible: %(criteria)s.",
+                               criteria=found.summary()))
+        if new is S.SCREEN_FAILURE and not found.eligible:
+            status_reason = f"{status_reason} (criteria: {found.summary()})"
     with unit_of_work(actor, reason or Reason.system(f"status {new.value}")):
         subject.status = new.value
-        subject.status_reason = reason.text if reason else None
+        subject.status_reason = status_reason
         if new is S.INCLUDED:  # D0 of the schedule, as a date at the site
             subject.inclusion_date = utcnow().astimezone(ZoneInfo(subject.site.timezone)).date()

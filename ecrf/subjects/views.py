@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 
 from ecrf.access.decorators import requires
 from ecrf.access.grants import Access
@@ -12,7 +13,7 @@ from ecrf.audit.reasons import Reason
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
 from ecrf.study import services
-from ecrf.study.models import Site, Subject
+from ecrf.study.models import Site, Subject, status_label
 from ecrf.study.services import TRANSITIONS
 from ecrf.subjects import bp
 from ecrf.subjects.forms import EnrolForm, StatusForm
@@ -40,7 +41,7 @@ def enrol():
     form = EnrolForm()
     site_id = form.site.data or ""
     if not form.validate_on_submit() or not site_id.isdigit():
-        flash("Choose one of your sites.", "error")
+        flash(_("Choose one of your sites."), "error")
         return redirect(url_for("subjects.list_subjects"))
     site = site_or_404(int(site_id))  # another site's id: 404, and the refusal is recorded
     try:
@@ -48,7 +49,7 @@ def enrol():
     except services.StudyError as e:
         flash(str(e), "error")
         return redirect(url_for("subjects.list_subjects"))
-    flash(f"Subject {subject.code} is enrolled (screening).", "info")
+    flash(_("Subject %(code)s is enrolled (screening).", code=subject.code), "info")
     return redirect(url_for("subjects.view_subject", code=subject.code))
 
 
@@ -59,7 +60,7 @@ def view_subject(code: str):
     form = None
     if Access.for_user(g.access.user, "subject.status").covers(subject.site_id):
         form = StatusForm()
-        form.status.choices = choices((new.value, new.value.replace("_", " "))
+        form.status.choices = choices((new.value, status_label(new.value))
                                       for (old, new) in TRANSITIONS if old == subject.status)
     return render_template("subjects/view.html", subject=subject, form=form)
 
@@ -78,5 +79,6 @@ def change_status(code: str):
     except services.StudyError as e:
         flash(str(e), "error")
     else:
-        flash(f"{subject.code} is now {subject.status.replace('_', ' ')}.", "info")
+        flash(_("%(code)s is now %(status)s.", code=subject.code, status=status_label(subject.status)),
+              "info")
     return redirect(url_for("subjects.view_subject", code=subject.code))

@@ -7,6 +7,8 @@ the eligibility refuses."""
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 
@@ -30,8 +32,10 @@ def subject_with(make, demographics: dict | None = WOMAN, included=False):
     if demographics is not None:
         assert save_form(system_actor(), subject, "demographics", Slot("D0"),
                          Submitted(demographics)).ok
-    if included:
-        change_subject_status(system_actor(), subject, "included")
+    if included:  # these tests are about dates around D0, not about eligibility (test_inclusion)
+        with mock.patch("ecrf.study.eligibility.for_subject",
+                        return_value=SimpleNamespace(eligible=True, summary=lambda: "")):
+            change_subject_status(system_actor(), subject, "included")
     return subject
 
 

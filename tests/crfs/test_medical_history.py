@@ -8,19 +8,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ecrf.audit.reasons import Reason
 from ecrf.auth.services import system_actor
 from ecrf.casebook import services
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.forms.crfs.medical_history import DEFINITION
-from ecrf.study.services import change_subject_status
 
 HISTORY = {"immunosuppression": "N", "etiology": ["VIRAL"], "etiology_detail": "EBV",
            "prior_treatment": "N", "icu_admission_at": "2026-03-01T22:10"}
 
 
-def save(subject, values: dict, confirmed=frozenset()):
+def save(subject, values: dict, confirmed=frozenset(), reason=None):
     return save_form(system_actor(), subject, "medical_history", Slot("D0"), Submitted(values),
-                     confirmed=confirmed)
+                     confirmed=confirmed, reason=reason)
 
 
 def test_a_complete_history(make):
@@ -84,14 +84,14 @@ def test_the_icu_admission_is_required_for_criterion_i3(make):
 
 @pytest.mark.parametrize("days_after_inclusion, warned", [(-2, False), (0, False), (1, True)])
 def test_the_patient_is_in_the_icu_when_included(make, days_after_inclusion, warned):
-    subject = make.subject("01")
-    change_subject_status(system_actor(), subject, "included")
+    subject = make.included("01")  # its medical history is already saved: changes need a reason
     admitted = subject.inclusion_date + timedelta(days=days_after_inclusion)
-    result = save(subject, {**HISTORY, "icu_admission_at": f"{admitted}T08:00"})
+    result = save(subject, {**HISTORY, "icu_admission_at": f"{admitted}T08:00"},
+                  reason=Reason("entry_error", "admission time corrected"))
     assert (result.outcome == "needs_confirmation") is warned
     if warned:
         assert result.warnings[0].check_id == "MH-02"
         assert f"The ICU admission ({admitted}) is after the inclusion" in result.warnings[0].message
         again = save(subject, {**HISTORY, "icu_admission_at": f"{admitted}T08:00"},
-                     confirmed={"MH-02"})
+                     confirmed={"MH-02"}, reason=Reason("entry_error", "admission time corrected"))
         assert again.outcome == "saved"
