@@ -324,6 +324,9 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
                           current={i.key: value_text(i, v)
                                    for i, v in zip(crf.items, instance_values(current, crf).values(),
                                                    strict=False)})
+    from ecrf.study.protocol import after_save
+
+    after_save(subject, crf.key, instance, old_text, new_text)
     return SaveResult("saved", instance, warnings=soft, changed=changed)
 
 
