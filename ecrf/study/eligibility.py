@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecrf.i18n import N_
 from ecrf.study import settings
 
 Forms = Mapping[str, Mapping[str, Any] | None]
@@ -142,13 +143,13 @@ def _exclusions(forms):
 
 
 RULES: list[tuple[str, str, Callable]] = [
-    ("I1", "Adult older than the minimum age", _i1),
-    ("I2", "HLH-2004 criteria or HScore", _i2),
-    ("I3", "Admitted to the ICU", _i3),
-    ("I4", "Organ failure: SOFA at inclusion", _i4),
-    ("I5", "Consent (patient, relative or emergency inclusion)", _i5),
-    ("I6", "Woman of childbearing potential: negative test and contraception", _i6),
-    ("E", "No exclusion criterion", _exclusions),
+    ("I1", N_("Adult older than the minimum age"), _i1),
+    ("I2", N_("HLH-2004 criteria or HScore"), _i2),
+    ("I3", N_("Admitted to the ICU"), _i3),
+    ("I4", N_("Organ failure: SOFA at inclusion"), _i4),
+    ("I5", N_("Consent (patient, relative or emergency inclusion)"), _i5),
+    ("I6", N_("Woman of childbearing potential: negative test and contraception"), _i6),
+    ("E", N_("No exclusion criterion"), _exclusions),
 ]
 
 

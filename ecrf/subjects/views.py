@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from markupsafe import Markup
 
 from ecrf.access.decorators import requires
 from ecrf.access.grants import Access
@@ -12,7 +13,8 @@ from ecrf.access.scoping import site_or_404, sites_for, subject_or_404, visible
 from ecrf.audit.reasons import Reason
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
-from ecrf.study import services
+from ecrf.study import eligibility, services
+from ecrf.study.endpoint import primary_endpoint, sofa_series, svg_plot
 from ecrf.study.models import Site, Subject, status_label
 from ecrf.study.services import TRANSITIONS
 from ecrf.subjects import bp
@@ -62,7 +64,15 @@ def view_subject(code: str):
         form = StatusForm()
         form.status.choices = choices((new.value, status_label(new.value))
                                       for (old, new) in TRANSITIONS if old == subject.status)
-    return render_template("subjects/view.html", subject=subject, form=form)
+    clinical = Access.for_user(g.access.user, "crf.view").covers(subject.site_id)
+    plot = found = None
+    if clinical:
+        series = sofa_series(subject)
+        endpoint = primary_endpoint(series)
+        plot = Markup(svg_plot(series, endpoint))  # noqa: S704 (our own SVG, its texts escaped)
+        found = eligibility.for_subject(subject)
+    return render_template("subjects/view.html", subject=subject, form=form, plot=plot,
+                           eligibility=found)
 
 
 @bp.route("/<code>/status", methods=["POST"])
