@@ -6,12 +6,12 @@ from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
 from ecrf.casebook.models import FormInstance, ItemValue, Submission
 from ecrf.study.change_control import StudyDefinition
-from ecrf.study.models import Site, Subject, SubjectCounter
+from ecrf.study.models import ScreeningEntry, Site, Subject, SubjectCounter
 
 capture.install()
 
 __all__ = [
     "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission",
     "PasswordHistory", "Site", "Subject",
-    "StudyDefinition", "SubjectCounter", "User", "UserSession",
+    "ScreeningEntry", "StudyDefinition", "SubjectCounter", "User", "UserSession",
 ]

@@ -34,7 +34,7 @@ from ecrf.casebook.models import FormInstance
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.database import utcnow
 from ecrf.extensions import db as _db
-from ecrf.study.models import Site, Subject
+from ecrf.study.models import ScreeningEntry, Site, Subject
 from tests.factories import PASSWORD, audit_rows
 
 RULE_KINDS = {"public", "authenticated", "permission"}
@@ -202,6 +202,14 @@ CALLS: dict[tuple[str, str], Call] = {
         on_site=OTHER_SITE),
     ("GET", "casebook.item_history"): Call(on_site=OTHER_SITE),
     ("POST", "i18n.choose_language"): Call(302, lambda w: "/", lambda w: {"next": "/"}),
+    ("GET", "subjects.screening_log"): Call(),
+    ("POST", "subjects.add_screening"): Call(
+        302, lambda w: "/subjects/screening-log",
+        lambda w: {"site": str(w.sites[OTHER_SITE].id), "screened_on": "2026-01-05",
+                   "age": "50", "sex": "M", "reason_not_included": "access walk"},
+        effect=lambda w: _count(sa.select(ScreeningEntry.id).where(
+            ScreeningEntry.site_id == w.sites[OTHER_SITE].id)),
+        on_site=OTHER_SITE),
 }
 
 #: URL parameters, by name, filled with real objects of the world (site 02's subject for <code>)

@@ -96,3 +96,36 @@ class Subject(Audited, Base):
 
     def audit_path(self):
         return {"site": self.site.code, "subject": self.code}
+
+
+class ScreeningEntry(Audited, Base):
+    """One patient screened at a site, enrolled or not: age, sex, date and why not included.
+
+    No name, initials or birth date: the log feeds the flow diagram, not the casebook.
+    """
+
+    __tablename__ = "screening_entry"
+    __audit__ = AuditSpec("screening", exclude=frozenset({"created_at"}))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(sa.ForeignKey("site.id"), index=True)
+    screened_on: Mapped[date] = mapped_column(sa.Date)
+    age: Mapped[int] = mapped_column(sa.Integer)
+    sex: Mapped[str] = mapped_column(sa.String(1))
+    #: the subject the patient became, when enrolled
+    subject_id: Mapped[int | None] = mapped_column(sa.ForeignKey("subject.id"), unique=True)
+    reason_not_included: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    site: Mapped[Site] = relationship()
+    subject: Mapped[Subject | None] = relationship()
+
+    __table_args__ = (
+        sa.CheckConstraint("sex IN ('M','F')", name="sex_known"),
+        sa.CheckConstraint("age BETWEEN 0 AND 120", name="age_plausible"),
+        sa.CheckConstraint("(subject_id IS NULL) <> (reason_not_included IS NULL)",
+                           name="enrolled_or_reason"),
+    )
+
+    def audit_path(self):
+        return {"site": self.site.code, "subject": self.subject.code if self.subject else None}

@@ -99,3 +99,26 @@ def change_subject_status(actor: Actor, subject: Subject, new_status: str,
         subject.status_reason = status_reason
         if new is S.INCLUDED:  # D0 of the schedule, as a date at the site
             subject.inclusion_date = utcnow().astimezone(ZoneInfo(subject.site.timezone)).date()
+
+
+def log_screening(actor: Actor, site: Site, *, screened_on, age: int, sex: str,
+                  subject: Subject | None = None, reason_not_included: str | None = None):
+    """Record a screened patient in the site's log: enrolled (with the subject) or not (why)."""
+    from ecrf.study.models import ScreeningEntry
+
+    reason_not_included = (reason_not_included or "").strip() or None
+    if sex not in ("M", "F"):
+        raise StudyError(_("Sex is M or F."))
+    if not 0 <= age <= 120:
+        raise StudyError(_("The age must be between 0 and 120 years; found %(age)s.", age=age))
+    if screened_on > utcnow().date():
+        raise StudyError(_("The screening date cannot be in the future."))
+    if (subject is None) == (reason_not_included is None):
+        raise StudyError(_("Either the patient was enrolled (choose the subject) or say why not."))
+    if subject is not None and subject.site_id != site.id:
+        raise StudyError(_("The subject is not of this site."))
+    with unit_of_work(actor):
+        entry = ScreeningEntry(site=site, screened_on=screened_on, age=age, sex=sex,
+                               subject=subject, reason_not_included=reason_not_included)
+        db.session.add(entry)
+    return entry

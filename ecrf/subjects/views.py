@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import sqlalchemy as sa
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -15,10 +17,10 @@ from ecrf.extensions import db
 from ecrf.forms.choices import choices
 from ecrf.study import eligibility, services
 from ecrf.study.endpoint import primary_endpoint, sofa_series, svg_plot
-from ecrf.study.models import Site, Subject, status_label
+from ecrf.study.models import ScreeningEntry, Site, Subject, status_label
 from ecrf.study.services import TRANSITIONS
 from ecrf.subjects import bp
-from ecrf.subjects.forms import EnrolForm, StatusForm
+from ecrf.subjects.forms import EnrolForm, ScreeningForm, StatusForm
 
 
 @bp.route("/")
@@ -92,3 +94,42 @@ def change_status(code: str):
         flash(_("%(code)s is now %(status)s.", code=subject.code, status=status_label(subject.status)),
               "info")
     return redirect(url_for("subjects.view_subject", code=subject.code))
+
+
+@bp.route("/screening-log")
+@requires("subject.view")
+def screening_log():
+    """Every patient screened at the user's sites, and the counts of the flow diagram."""
+    entries = db.session.scalars(visible(
+        sa.select(ScreeningEntry).order_by(ScreeningEntry.screened_on.desc(), ScreeningEntry.id.desc()),
+        ScreeningEntry.site_id)).all()
+    form = None
+    enrol = Access.for_user(g.access.user, "subject.enrol")
+    if enrol:
+        form = ScreeningForm()
+        form.site.choices = choices((s.id, f"{s.code} {s.name}") for s in sites_for(enrol))
+    flow = {"screened": len(entries), "enrolled": sum(1 for e in entries if e.subject_id),
+            "reasons": Counter(e.reason_not_included for e in entries if not e.subject_id)}
+    return render_template("subjects/screening_log.html", entries=entries, form=form, flow=flow)
+
+
+@bp.route("/screening-log", methods=["POST"])
+@requires("subject.enrol")
+def add_screening():
+    form = ScreeningForm()
+    site_id = form.site.data or ""
+    if not form.validate_on_submit() or not site_id.isdigit():
+        flash(_("The screening entry could not be read: check the date and the age."), "error")
+        return redirect(url_for("subjects.screening_log"))
+    site = site_or_404(int(site_id))
+    subject = None
+    if form.subject.data:
+        subject = subject_or_404(form.subject.data.strip())
+    try:
+        services.log_screening(g.access.actor(site.id), site, screened_on=form.screened_on.data,
+                               age=form.age.data, sex=form.sex.data, subject=subject,
+                               reason_not_included=form.reason_not_included.data)
+        flash(_("The screened patient is in the log."), "info")
+    except services.StudyError as e:
+        flash(str(e), "error")
+    return redirect(url_for("subjects.screening_log"))
