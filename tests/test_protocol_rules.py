@@ -55,3 +55,17 @@ def test_a_serious_event_triggers_the_alert_once(make, monkeypatch):
                    {**values, "serious": "Y", "criteria": ["LIFE"]},
                    reason=Reason("new_information", "became life-threatening"))
     assert sent == [1]
+
+
+def test_a_death_date_ends_the_schedule(make, login_as, client):
+    from datetime import timedelta
+
+    subject = make.included("01")
+    death = subject.inclusion_date + timedelta(days=2)
+    save_confirmed(system_actor(), subject, "end_of_study", Slot("D90"), {
+        "vital_d28": "DEAD", "vital_d90": "DEAD", "died": "Y", "death_date": str(death),
+        "death_cause": "Refractory shock", "completed": "N", "termination_reason": "DEATH"})
+    login_as("investigator", site="01")
+    page = client.get(f"/subjects/{subject.code}/casebook").get_data(as_text=True)
+    assert page.count("not expected (death)") >= 10  # D3..D14 daily SOFA and more
+    assert "overdue" not in page.split("Day 3")[1].split("Day 4")[0]

@@ -51,8 +51,19 @@ def grid(code: str):
     repeating = list(dict.fromkeys(f for v in visits for f in v.repeating_forms))
     today = date.today()
     titles = {k: services.registry().current(k).title for k in (*columns, *repeating)}
+    death = services.CheckContext(subject, services.Slot("D90")).values("end_of_study") or {}
     return render_template("casebook/grid.html", subject=subject, visits=visits, columns=columns,
-                           repeating=repeating, by_slot=by_slot, today=today, titles=titles)
+                           repeating=repeating, by_slot=by_slot, today=today, titles=titles,
+                           ended=_ended_visits(visits, subject.inclusion_date,
+                                               death.get("death_date")))
+
+
+def _ended_visits(visits, d0, death_date) -> set[str]:
+    """A death ends the schedule: visits due after the date of death are no longer expected."""
+    if d0 is None or death_date is None:
+        return set()
+    return {v.key for v in visits if v.window(d0) is not None and v.window(d0)[0] > death_date
+            and v.key != "D90"}  # the end-of-study form still records the death
 
 
 def _initial(crf, instance, tz: str) -> dict:
