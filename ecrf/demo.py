@@ -7,7 +7,7 @@ named system account ``demo-loader``. Never loaded in a production configuration
 from __future__ import annotations
 
 import random
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -97,6 +97,7 @@ def _add_subject(actor: Actor, site, rng: random.Random) -> None:
     fill_sofa(actor, subject, rng)
     if eligibility.for_subject(subject).eligible:
         study_services.change_subject_status(actor, subject, SubjectStatus.INCLUDED)
+        fill_follow_up(actor, subject, rng)
     else:
         study_services.change_subject_status(
             actor, subject, SubjectStatus.SCREEN_FAILURE,
@@ -127,13 +128,14 @@ def _sofa_day(rng: random.Random, severity: float) -> dict[str, str]:
 
 
 def save_confirmed(actor: Actor, subject, crf_key: str, slot, values: dict,
-                   reason: Reason | None = None) -> None:
+                   reason: Reason | None = None, null_flavors: dict | None = None) -> None:
     """Save through the same service as the web form, confirming its soft checks (a loader)."""
     from ecrf.casebook.services import Submitted, save_form
 
-    result = save_form(actor, subject, crf_key, slot, Submitted(values), reason=reason)
+    submitted = Submitted(values, null_flavors or {})
+    result = save_form(actor, subject, crf_key, slot, submitted, reason=reason)
     if result.outcome == "needs_confirmation":
-        result = save_form(actor, subject, crf_key, slot, Submitted(values), reason=reason,
+        result = save_form(actor, subject, crf_key, slot, submitted, reason=reason,
                            confirmed={w.check_id for w in result.warnings})
     if not result.ok:
         raise RuntimeError(f"demo {crf_key} for {subject.code} refused: {result.errors}")
@@ -188,6 +190,45 @@ def fill_sofa(actor: Actor, subject, rng: random.Random, days: int = 4,
     for day in range(days):
         save_confirmed(actor, subject, "sofa_daily", Slot(f"D{day}"), _sofa_day(rng, severity))
         severity = max(0.05, severity + rng.uniform(-0.2, 0.08))
+
+
+def fill_follow_up(actor: Actor, subject, rng: random.Random) -> None:
+    """Dosing, adverse events (some serious, some causing a dose change), and some deaths."""
+    from datetime import timedelta
+
+    from ecrf.casebook.services import Slot
+
+    d0 = subject.inclusion_date
+    ae_number = None
+    if rng.random() < 0.45:
+        serious = rng.random() < 0.35
+        aware = datetime.now(UTC) - timedelta(hours=rng.uniform(1, 20))
+        values = {"term": rng.choice(["10040047", "10016288", "10061229"])
+                  if serious else rng.choice(["10002272", "10035528", "10029366"]),
+                  "onset": str(d0), "serious": "Y" if serious else "N",
+                  "causality": rng.choice(["POSSIBLE", "UNLIKELY", "PROBABLE"]),
+                  "action": "DOSE REDUCED", "outcome": "RECOVERING/RESOLVING"}
+        values["grade"] = "3"
+        if serious:
+            values.update(grade="4",
+                          criteria=["LIFE"], aware_at=aware.strftime("%Y-%m-%dT%H:%M"))
+        save_confirmed(actor, subject, "adverse_event", Slot("D0", form_repeat=None), values)
+        ae_number = 1
+    for slot in ("AM", "PM"):
+        reduced = ae_number is not None and slot == "PM"
+        save_confirmed(actor, subject, "dosing", Slot("D0", form_repeat=None), {
+            "dose_date": str(d0), "slot": slot, "given": "Y", "time_given": "09:00"
+            if slot == "AM" else "21:00", "dose_mg": "5" if reduced else "10",
+            "tablet_strength": "5" if reduced else "10", "tablets": "1",
+            "route": rng.choice(["ORAL", "NG", "NG"]),
+            "status": "REDUCED" if reduced else "PLANNED",
+            **({"reason": "AE", "ae_number": str(ae_number)} if reduced else {})})
+    if rng.random() < 0.12:
+        death = d0 + timedelta(days=rng.randint(1, 3))
+        save_confirmed(actor, subject, "end_of_study", Slot("D90"), {
+            "died": "Y", "vital_d28": "DEAD", "vital_d90": "DEAD", "death_date": str(death),
+            "death_cause": "Refractory multiple organ failure", "completed": "N",
+            "termination_reason": "DEATH"}, null_flavors={"hospital_discharge": ("NA", "")})
 
 
 def echo_logins(echo, password: str) -> None:
