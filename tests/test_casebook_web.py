@@ -141,3 +141,17 @@ def test_numbers_are_typed_in_text_inputs_so_a_wrong_entry_reaches_the_server(ma
     page = client.get(FORM.format(code=subject.code)).get_data(as_text=True)
     height = re.search(r'<input[^>]*id="height"[^>]*>', page).group(0)
     assert 'type="text"' in height and 'inputmode="numeric"' in height
+
+
+def test_each_unscheduled_visit_gets_its_own_number(make, login_as, client):
+    subject = make.subject("01")
+    login_as("investigator", site="01")
+    grid = client.get(f"/subjects/{subject.code}/casebook").get_data(as_text=True)
+    assert "/visits/UNS/1/forms/adverse_event/0" in grid and "new unscheduled visit (#1)" in grid
+    ae = {"term": "10002272", "grade": "3", "onset": "2026-03-02", "serious": "N",
+          "causality": "UNLIKELY", "action": "DOSE NOT CHANGED", "outcome": "NOT RECOVERED/NOT RESOLVED"}
+    save_form(system_actor(), subject, "adverse_event", Slot("UNS", 1, None), Submitted(ae))
+    grid = client.get(f"/subjects/{subject.code}/casebook").get_data(as_text=True)
+    assert "/visits/UNS/2/forms/adverse_event/0" in grid
+    page = client.get(f"/subjects/{subject.code}/visits/UNS/2/forms/adverse_event/0")
+    assert page.status_code == 200

@@ -52,10 +52,13 @@ def grid(code: str):
     today = date.today()
     titles = {k: services.registry().current(k).title for k in (*columns, *repeating)}
     death = services.CheckContext(subject, services.Slot("D90")).values("end_of_study") or {}
+    unscheduled = {v.key for v in visits if v.unscheduled}
     return render_template("casebook/grid.html", subject=subject, visits=visits, columns=columns,
                            repeating=repeating, by_slot=by_slot, today=today, titles=titles,
                            ended=_ended_visits(visits, subject.inclusion_date,
-                                               death.get("death_date")))
+                                               death.get("death_date")),
+                           next_unscheduled=1 + max((i.visit_repeat for i in instances
+                                                     if i.visit_key in unscheduled), default=0))
 
 
 def _ended_visits(visits, d0, death_date) -> set[str]:
