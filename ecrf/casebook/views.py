@@ -163,6 +163,8 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
             value = derived.get(item.key)
             shown = item.type.label(value) if value is not None and hasattr(item.type, "label") \
                 else services.value_text(item, value)
+            if value is not None and isinstance(item.type, DateTime):  # local time, with offset
+                shown = services.local_time(value, tz)
             if value is not None and isinstance(item.type, Choice):
                 shown = tr(shown)  # a codelist label of the definition, in the user's language
             form[item.key].data = shown or ""

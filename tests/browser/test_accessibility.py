@@ -10,20 +10,13 @@ with the keyboard alone, and no page scrolls sideways on a tablet held upright (
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect
 
 from tests.factories import PASSWORD, Factories
-
-try:
-    from axe_playwright_python.sync_playwright import Axe
-    from playwright.sync_api import expect
-except ImportError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    pytest.skip(f"Playwright or axe-playwright-python is not installed: {e}", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 
@@ -70,9 +63,37 @@ def _describe(findings: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Text inside the server-rendered SVG plot: axe cannot find the background of text in an image
+# node and leaves its contrast "to review"; _svg_contrast measures it instead.
+
+
+def _svg_contrast(page) -> list[str]:
+    """Contrast of each text of the SVG plot against the white plot background (WCAG AA 4.5)."""
+    return page.evaluate("""() => {
+      const lum = (c) => { const [r, g, b] = c.match(/\\d+/g).slice(0, 3).map(Number).map(v => {
+        v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+      return [...document.querySelectorAll("svg.sofa-plot text")].map(t => {
+        const ratio = 1.05 / (lum(getComputedStyle(t).fill) + 0.05);
+        return ratio >= 4.5 ? null : `${t.textContent}: ${ratio.toFixed(2)}`; }).filter(x => x);
+    }""")
+
+
+def _outside_svg(findings: list[dict]) -> list[dict]:
+    kept = []
+    for v in findings:
+        nodes = [n for n in v["nodes"] if not (v["id"] == "color-contrast"
+                                                and n.get("html", "").startswith("<text"))]
+        if nodes:
+            kept.append({**v, "nodes": nodes})
+    return kept
+
+
 def _assert_accessible(axe, page, what: str) -> None:
     response = axe.run(page, options=AXE_OPTIONS).response
-    violations, review = response["violations"], response["incomplete"]
+    low_contrast = _svg_contrast(page)
+    assert not low_contrast, f"{what}: SVG text below 4.5:1 contrast: {low_contrast}"
+    violations, review = response["violations"], _outside_svg(response["incomplete"])
     blocking = [v for v in violations + review if v["impact"] in BLOCKING]
     report = (f"{what} ({page.url}):\n{len(violations)} violation(s)\n{_describe(violations)}\n"
               f"{len(review)} result(s) to review\n{_describe(review)}")

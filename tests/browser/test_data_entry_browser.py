@@ -10,23 +10,16 @@ CSRF on, so every save is posted by chromium with the token of the page.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 
 import pytest
 import sqlalchemy as sa
+from playwright.sync_api import expect
 
 from ecrf.audit.models import AuditRecord
 from ecrf.extensions import db
 from tests.factories import PASSWORD, Factories
-
-try:
-    from playwright.sync_api import expect
-except ImportError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    pytest.skip(f"Playwright for Python is not installed: {e}", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

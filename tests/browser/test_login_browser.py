@@ -7,24 +7,17 @@ which waits for the page that a click navigates to.
 
 from __future__ import annotations
 
-import os
 import uuid
 from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy as sa
+from playwright.sync_api import expect
 
 from ecrf.audit.models import AuditRecord
 from ecrf.auth.services import LOGIN_FAILED_MESSAGE, get_user
 from ecrf.extensions import db
 from tests.factories import PASSWORD, Factories
-
-try:
-    from playwright.sync_api import expect
-except ImportError as e:  # pragma: no cover - depends on the machine
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    pytest.skip(f"Playwright for Python is not installed: {e}", allow_module_level=True)
 
 pytestmark = pytest.mark.browser
 

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from ecrf.audit.models import AuditRecord
 from ecrf.extensions import db
 from ecrf.forms.crfs.eligibility import EXCLUSIONS
+from tests.browser.conftest import TIMEOUT_MS
 from tests.factories import PASSWORD, Factories
 
 try:
@@ -36,9 +37,17 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 
 pytestmark = pytest.mark.browser
 
-D0_ROW = re.compile(r"^Screening / inclusion \(D0\)")
+D0_ROW = re.compile(r"^Screening \/ inclusion \(D0\)")  # "/" escaped for Playwright's JS regex
 D1_ROW = re.compile(r"^Day 1(\s|$)")  # not Day 10..14
 LOCAL = "%Y-%m-%dT%H:%M"  # a datetime-local input's value
+
+
+@pytest.fixture(autouse=True)
+def _expect_waits_as_long_as_actions():
+    """``expect`` waits as long as the context's actions do (a save recomputes scores)."""
+    expect.set_options(timeout=TIMEOUT_MS)
+    yield
+    expect.set_options(timeout=None)  # back to Playwright's default
 
 
 def _unique(prefix: str) -> str:
@@ -319,10 +328,12 @@ def test_an_investigator_enrols_screens_includes_and_follows_a_subject(live_serv
     _save(page)
     expect(page).to_have_url(re.compile(rf"/subjects/{code}/visits/D1/1/forms/adverse_event/1$"))
     expect(page.get_by_label("CTCAE v5.0 term", exact=True)).to_have_value("10040047")  # MedDRA
-    due = (aware + timedelta(hours=24)).astimezone(UTC)
     report_due = page.get_by_label("Report to the sponsor due by", exact=True)
-    expect(report_due).to_have_value(due.strftime("%Y-%m-%dT%H:%MZ"))
+    expect(report_due).to_have_value(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2} [+-]\d{2}:\d{2}$"))
     expect(report_due).not_to_be_editable()
+    # shown in the site's local time with its offset, like every time on the page
+    shown = datetime.strptime(report_due.input_value(), "%Y-%m-%d %H:%M %z")
+    assert shown == aware.astimezone(UTC) + timedelta(hours=24)  # elapsed hours, across DST too
     expect(page.get_by_label("Related to ruxolitinib", exact=True)).to_have_value("Related")
 
     # the audit trail: the investigator's entries, the derived values and the status change

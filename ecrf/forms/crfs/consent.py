@@ -128,7 +128,7 @@ DEFINITION = CRF(
                  required=True, critical=True, show_if=_type_is(*NEEDS_CONTINUATION),
                  show_if_items=("consent_type",), sas_name="CONTCONS",
                  help="Sought as soon as the patient's condition allows; leave empty until then."),
-            Item("continuation_at", "Date and time of the patient's signature", DateTime(),
+            Item("continuation_at", "Date and time of the patient's continuation consent", DateTime(),
                  required=True, critical=True, show_if=_is("continuation", "Y"),
                  show_if_items=("continuation",), sas_name="CONTDT"),
             Item("not_obtained_reason", "Why it was not obtained", Choice(NOT_OBTAINED),

@@ -147,7 +147,10 @@ DEFINITION = CRF(
                  derive_from=("creatinine", "creatinine_unit", "urine_output"),
                  sas_name="SOFAREN"),
             Item("sofa_total", "SOFA total", Integer(), derive=_total,
-                 derive_from=("sofa_resp",), critical=True, sas_name="SOFATOT"),
+                 derive_from=("pao2", "pao2_unit", "fio2", "fio2_unit", "resp_support",
+                              "platelets", "bilirubin", "bilirubin_unit", "map", *VASOPRESSORS,
+                              "gcs", "creatinine", "creatinine_unit", "urine_output"),
+                 critical=True, sas_name="SOFATOT"),
         )),
     ),
     checks=(
