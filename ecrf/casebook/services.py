@@ -221,13 +221,14 @@ def _parse_one(item: Item, raw, flavor, tz: str):
     return value
 
 
-def derive(crf: CRF, values: dict[str, Any]) -> dict[str, Any]:
+def derive(crf: CRF, values: dict[str, Any], context=None) -> dict[str, Any]:
     """Compute derived items from the entered values (in definition order)."""
     result = dict(values)
     for item in crf.items:
         if item.derived:
             try:
-                value = item.derive(plain(result))
+                value = item.derive(plain(result), context) if item.derive_context \
+                    else item.derive(plain(result))
                 result[item.key] = None if value is None else item.type.coerce(value)
             except (ValueError, TypeError, ArithmeticError) as e:
                 log.info("derivation of %s.%s gave no value: %s", crf.key, item.key, e)
@@ -287,8 +288,9 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     values, errors = parse(crf, submitted, subject.site.timezone)
     if errors:
         return SaveResult("invalid", instance, errors=errors)
-    values = derive(crf, values)
-    findings = run_checks(crf, values, context or CheckContext(subject, slot))
+    context = context or CheckContext(subject, slot)
+    values = derive(crf, values, context)
+    findings = run_checks(crf, values, context)
     hard = [f for f in findings if f.severity == "hard"]
     if hard:
         for f in hard:

@@ -157,7 +157,7 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
         form.row_version.data = str(instance.row_version) if instance else ""
     if result is None or result.outcome != "conflict":
         form.submission_token.data = secrets.token_urlsafe(24)
-    derived = services.derive(crf, services.instance_values(instance, crf)) if instance else {}
+    derived = services.instance_values(instance, crf)  # the derived values as stored
     for item in crf.items:
         if item.derived:
             value = derived.get(item.key)

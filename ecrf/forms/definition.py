@@ -65,6 +65,9 @@ class Item:
     show_if_items: tuple[str, ...] = ()
     derive: Callable[[Values], Any] | None = None
     derive_from: tuple[str, ...] = ()
+    #: the derivation also reads the casebook: ``derive(values, context)`` (e.g. an age at the
+    #: inclusion date)
+    derive_context: bool = False
     critical: bool = False
     sas_name: str | None = None
 

@@ -101,18 +101,26 @@ def test_the_birth_date_is_asked_only_when_the_study_collects_it():
     assert with_birth_date.item("birth_date").short_name == "BRTHDT"
 
 
-def test_with_a_birth_date_the_age_must_agree_on_the_day_of_inclusion():
+def derived_age(values: dict, context) -> int | None:
     crf = demographics.build(collect_birth_date=True)
+    parsed, errors = services.parse(crf, Submitted(values), "Europe/Paris")
+    assert not errors, errors
+    return services.derive(crf, parsed, context)["age"]
+
+
+def test_with_a_birth_date_the_age_at_inclusion_is_computed_not_typed():
     included = SimpleNamespace(subject=SimpleNamespace(inclusion_date=date(2026, 3, 2)))
-    born = {**MAN, "birth_date": "1971-03-03"}  # turns 55 the day after inclusion
-    assert "DEM-02" not in findings({**born, "age": "54"}, crf, included)
-    found = findings({**born, "age": "55"}, crf, included)["DEM-02"]
-    assert found.severity == "soft"
-    assert found.message == ("Born on 1971-03-03 gives 54 years at inclusion on 2026-03-02, but "
-                             "the age entered is 55.")
-
-
-def test_before_inclusion_the_age_is_not_compared_with_the_birth_date():
+    born = {k: v for k, v in MAN.items() if k != "age"} | {"birth_date": "1971-03-03"}
+    assert derived_age(born, included) == 54  # turns 55 the day after inclusion
+    assert derived_age({**born, "birth_date": "1971-03-02"}, included) == 55
     crf = demographics.build(collect_birth_date=True)
-    screening = SimpleNamespace(subject=SimpleNamespace(inclusion_date=None))
-    assert "DEM-02" not in findings({**MAN, "birth_date": "1990-01-01"}, crf, screening)
+    _, errors = services.parse(crf, Submitted({**born, "age": "55"}), "UTC")
+    assert "computed by the system" in errors["age"][0]
+
+
+def test_before_inclusion_the_age_is_counted_to_today_at_the_site():
+    screening = SimpleNamespace(subject=SimpleNamespace(
+        inclusion_date=None, site=SimpleNamespace(timezone="Europe/Paris")))
+    born = {k: v for k, v in MAN.items() if k != "age"} | {"birth_date": "1990-01-01"}
+    assert derived_age(born, screening) == date.today().year - 1990 - (
+        (date.today().month, date.today().day) < (1, 1))

@@ -45,25 +45,29 @@ def _adult(v):
     return None
 
 
-def _age_from_birth_date(v, context):
-    """The age entered agrees with the birth date on the day of inclusion (once included)."""
-    included = None if context is None else context.subject.inclusion_date
-    if included is None:
+def _age_at_inclusion(v, context):
+    """Whole years from the birth date to the inclusion date (today at the site while screening)."""
+    born = v.get("birth_date")
+    if born is None:
         return None
-    born = v["birth_date"]
-    years = included.year - born.year - ((included.month, included.day) < (born.month, born.day))
-    if years != v["age"]:
-        return (f"Born on {born} gives {years} years at inclusion on {included}, but the age "
-                f"entered is {v['age']}.")
-    return None
+    subject = context.subject if context is not None else None
+    on = subject.inclusion_date if subject is not None and subject.inclusion_date else None
+    if on is None:
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        zone = subject.site.timezone if subject is not None else "UTC"
+        on = datetime.now(ZoneInfo(zone)).date()
+    return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
 def build(collect_birth_date: bool) -> CRF:
     """The demographics CRF, with or without the birth date."""
     birth = (Item("birth_date", "Birth date", Date(), required=True, critical=True,
                   sas_name="BRTHDT"),) if collect_birth_date else ()
-    age_check = (Check("DEM-02", "soft", ("birth_date", "age"), _age_from_birth_date,
-                       cross_form=True),) if collect_birth_date else ()
+    # with a birth date, the age at inclusion is computed by the server, never typed
+    derived_age = {"derive": _age_at_inclusion, "derive_from": ("birth_date",),
+                   "derive_context": True} if collect_birth_date else {}
     return CRF(
         key="demographics",
         title="Demographics",
@@ -74,7 +78,8 @@ def build(collect_birth_date: bool) -> CRF:
                 Item("sex", "Sex", Choice(SEXES), required=True, critical=True),
                 *birth,
                 Item("age", "Age at inclusion", Integer(), unit="years", required=True,
-                     critical=True, hard=Range(0, 120), help="In whole years on the day of inclusion."),
+                     critical=True, hard=Range(0, 120), help="In whole years on the day of inclusion.",
+                     **derived_age),
                 Item("weight", "Weight", DecimalNumber(1), unit="kg", required=True, critical=True,
                      hard=Range(Decimal(10), Decimal(400)), soft=Range(Decimal(35), Decimal(200)),
                      help="Measured or estimated at ICU admission."),
@@ -96,7 +101,6 @@ def build(collect_birth_date: bool) -> CRF:
         ),
         checks=(
             Check("DEM-01", "soft", ("age",), _adult),
-            *age_check,
         ),
     )
 
