@@ -63,6 +63,8 @@ class CheckContext:
 
     subject: Subject
     slot: Slot
+    #: the form being saved (its own instance is left out of ``all_values``)
+    crf_key: str | None = None
 
     def values(self, crf_key: str, visit_key: str | None = None) -> dict[str, Any] | None:
         """Plain values of the subject's first ``crf_key`` form (at ``visit_key`` if given)."""
@@ -81,7 +83,8 @@ class CheckContext:
                                              FormInstance.crf_key == crf_key)
         return [(i, plain(instance_values(i, definition_for(crf_key, i))))
                 for i in db.session.scalars(stmt.order_by(FormInstance.id))
-                if not (i.visit_key == self.slot.visit_key and i.visit_repeat == self.slot.visit_repeat
+                if not (i.crf_key == self.crf_key and i.visit_key == self.slot.visit_key
+                        and i.visit_repeat == self.slot.visit_repeat
                         and i.form_repeat == self.slot.form_repeat)]
 
 
@@ -288,7 +291,7 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     values, errors = parse(crf, submitted, subject.site.timezone)
     if errors:
         return SaveResult("invalid", instance, errors=errors)
-    context = context or CheckContext(subject, slot)
+    context = context or CheckContext(subject, slot, crf_key)
     values = derive(crf, values, context)
     findings = run_checks(crf, values, context)
     hard = [f for f in findings if f.severity == "hard"]

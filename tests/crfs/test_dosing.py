@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ecrf.audit.reasons import Reason
 from ecrf.auth.services import system_actor
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.study import settings
@@ -96,3 +97,41 @@ def test_a_dose_not_given_is_interrupted_or_stopped(included):
     result = dose(included, given="N", status="PLANNED", dose_mg="", tablet_strength="",
                   tablets="", route="")
     assert "interrupted or permanently stopped" in messages(result)
+
+
+def test_a_woman_of_childbearing_potential_needs_contraception_covering_each_dose(included):
+    from ecrf.demo import save_confirmed
+
+    save_confirmed(system_actor(), included, "demographics", Slot("D0"), {
+        "sex": "F", "age": "34", "weight": "60", "height": "165", "wocbp": "Y"},
+        reason=Reason("entry_error", "sex corrected"))
+    warned = dose(included)
+    assert warned.outcome == "needs_confirmation"
+    assert "No highly effective contraception is recorded" in warned.warnings[0].message
+    d0 = included.inclusion_date
+    save_confirmed(system_actor(), included, "contraception", Slot("D0"), {
+        "pregnancy_test": "Y", "pregnancy_test_type": "SERUM",
+        "pregnancy_test_at": f"{d0}T06:00", "pregnancy_test_result": "NEG",
+        "contraception_used": "Y", "method": "IUD", "method_start": "2020"})
+    assert dose(included).outcome == "saved"
+
+
+def test_the_method_must_be_kept_one_day_after_the_last_dose(included):
+    from ecrf.casebook.services import Submitted as S
+    from ecrf.demo import save_confirmed
+
+    save_confirmed(system_actor(), included, "demographics", Slot("D0"), {
+        "sex": "F", "age": "34", "weight": "60", "height": "165", "wocbp": "Y"},
+        reason=Reason("entry_error", "sex corrected"))
+    d0 = included.inclusion_date
+    method = {"pregnancy_test": "Y", "pregnancy_test_type": "SERUM",
+              "pregnancy_test_at": f"{d0}T06:00", "pregnancy_test_result": "NEG",
+              "contraception_used": "Y", "method": "IUD", "method_start": "2020"}
+    save_confirmed(system_actor(), included, "contraception", Slot("D0"), method)
+    assert dose(included).outcome == "saved"
+    stopped = save_form(system_actor(), included, "contraception", Slot("D0"),
+                        S({**method, "method_stop": str(d0)}),
+                        reason=Reason("new_information", "IUD removed"))
+    assert stopped.outcome == "needs_confirmation"
+    assert any(w.check_id == "CONTRA-07" and "1 day(s) after the last dose" in w.message
+               for w in stopped.warnings)

@@ -73,6 +73,24 @@ def _after(partial: str, day: date) -> bool:
 # --- checks ----------------------------------------------------------------------------------
 
 
+def _method_kept_after_last_dose(v, context):
+    """I6: the method is kept from the first dose to CONTRACEPTION_DAYS_AFTER_LAST_DOSE after."""
+    from datetime import timedelta
+
+    if not _wocbp(context):
+        return None
+    doses = [d["dose_date"] for _, d in context.all_values("dosing")
+             if d.get("given") == "Y" and d.get("dose_date") is not None]
+    if not doses:
+        return None
+    needed = max(doses) + timedelta(days=settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE)
+    if v["method_stop"] < needed:
+        return (f"The method stopped on {v['method_stop']}: it must be kept until {needed}, "
+                f"{settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE} day(s) after the last dose "
+                f"({max(doses)}).")
+    return None
+
+
 def _test_needed(v, context):
     if v["pregnancy_test"] == "N" and _wocbp(context):
         return ("A woman of childbearing potential (demographics) is included only after a "
@@ -157,6 +175,9 @@ DEFINITION = CRF(
             Item("method_start", "Method used since", PartialDate(), required=True,
                  show_if=_is("contraception_used", "Y"), show_if_items=("contraception_used",),
                  sas_name="METHODST", help="The year, or the month, when the day is not known."),
+            Item("method_stop", "Method stopped on", Date(),
+                 show_if=_is("contraception_used", "Y"), show_if_items=("contraception_used",),
+                 sas_name="METHODSP", help="Leave empty while the method is used."),
         )),
         Group("pregnancy", "Pregnancy during the study", (
             Item("pregnancy", "Pregnancy during the study", YesNo(), sas_name="PREG",
@@ -176,6 +197,8 @@ DEFINITION = CRF(
         Check("CONTRA-05", "soft", ("method_start",), _method_started_by_inclusion,
               cross_form=True),
         Check("CONTRA-06", "soft", ("pregnancy_known_date",), _pregnancy_during_the_study,
+              cross_form=True),
+        Check("CONTRA-07", "soft", ("method_stop",), _method_kept_after_last_dose,
               cross_form=True),
     ),
 )

@@ -94,6 +94,23 @@ def _not_after_discontinuation(v, context):
     return None
 
 
+def _contraception_covers(v, context):
+    """I6: a woman of childbearing potential has a highly effective method on every dosing day."""
+    demographics = context.values("demographics") or {}
+    if v.get("given") != "Y" or demographics.get("wocbp") != "Y":
+        return None
+    method = context.values("contraception") or {}
+    start, stop = method.get("method_start"), method.get("method_stop")
+    day = v["dose_date"]
+    if method.get("contraception_used") != "Y" or start is None:
+        return ("No highly effective contraception is recorded for this woman of childbearing "
+                "potential (contraception form): confirm, and check before giving the dose.")
+    if start > day.isoformat()[:len(start)] or (stop is not None and stop < day):
+        return (f"The contraception recorded ({start} to {stop or 'ongoing'}) does not cover "
+                f"the dose of {day}.")
+    return None
+
+
 def _not_before_inclusion(v, context):
     d0 = context.subject.inclusion_date
     if d0 is None:
@@ -150,5 +167,6 @@ DEFINITION = CRF(
         Check("DOSE-05", "hard", ("ae_number",), _ae_exists, cross_form=True),
         Check("DOSE-06", "hard", ("dose_date",), _not_before_inclusion, cross_form=True),
         Check("DOSE-07", "hard", ("dose_date",), _not_after_discontinuation, cross_form=True),
+        Check("DOSE-08", "soft", ("dose_date",), _contraception_covers, cross_form=True),
     ),
 )
