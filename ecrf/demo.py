@@ -151,13 +151,15 @@ def screening_forms(rng: random.Random, subject, *, eligible: bool = True) -> di
     now = datetime.now(tz).replace(second=0, microsecond=0)
     sex = rng.choice("MF")
     age = rng.randint(19, 84) if eligible else rng.choice([17, 18])
+    wocbp = sex == "F" and age < 50 and rng.random() < 0.7
     forms = {
         "consent": {"consent_type": "PATIENT",
                     "patient_signed_at": (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"),
                     "withdrawn": "N"},
         "demographics": {"sex": sex, "age": str(age), "weight": f"{rng.uniform(50, 110):.1f}",
                          "height": str(rng.randint(152, 192)),
-                         **({"wocbp": "N", "not_wocbp_reason": "POSTMENOPAUSAL"}
+                         **({"wocbp": "Y"} if wocbp else {"wocbp": "N",
+                                                          "not_wocbp_reason": "POSTMENOPAUSAL"}
                             if sex == "F" else {})},
         "medical_history": {"immunosuppression": "N", "etiology": ["VIRAL"],
                             "etiology_detail": "EBV", "prior_treatment": "N",
@@ -170,7 +172,20 @@ def screening_forms(rng: random.Random, subject, *, eligible: bool = True) -> di
                          "marrow_done": "Y", "marrow_date": (now - timedelta(days=1)).strftime(
                              "%Y-%m-%d"), "hemophagocytosis": "Y"},
         "eligibility": {key: "N" for key, _ in EXCLUSIONS} | {"other_trial": "N"},
+        "labs": {"sampled_at": (now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M"),
+                 "ferritin": str(rng.randint(2500, 40000)), "triglycerides": "3.4",
+                 "fibrinogen": f"{rng.uniform(0.8, 2.5):.2f}", "crp": f"{rng.uniform(20, 250):.1f}",
+                 "ast": str(rng.randint(80, 900)), "alt": str(rng.randint(60, 700)),
+                 "ldh": str(rng.randint(400, 3000)), "hb": f"{rng.uniform(6.5, 9.5):.1f}",
+                 "wbc": f"{rng.uniform(1.0, 4.0):.2f}", "anc": f"{rng.uniform(0.3, 0.9):.2f}",
+                 "platelets": str(rng.randint(15, 90))},
     }
+    if wocbp:
+        forms["contraception"] = {
+            "pregnancy_test": "Y", "pregnancy_test_type": "SERUM",
+            "pregnancy_test_at": (now - timedelta(hours=4)).strftime("%Y-%m-%dT%H:%M"),
+            "pregnancy_test_result": "NEG", "contraception_used": "Y", "method": "IUD",
+            "method_start": str(now.year - rng.randint(1, 5))}
     return forms
 
 
@@ -223,6 +238,28 @@ def fill_follow_up(actor: Actor, subject, rng: random.Random) -> None:
             "route": rng.choice(["ORAL", "NG", "NG"]),
             "status": "REDUCED" if reduced else "PLANNED",
             **({"reason": "AE", "ae_number": str(ae_number)} if reduced else {})})
+    if rng.random() < 0.5:
+        save_confirmed(actor, subject, "concomitant", Slot("D0", form_repeat=None), {
+            "kind": "HS", "hs_drug": "DEXAMETHASONE", "drug_name": "Dexamethasone",
+            "dose": "10 mg/m2 once a day", "route": "IV", "start": str(d0)})
+    save_confirmed(actor, subject, "organ_support", Slot("D0", form_repeat=None), {
+        "support": rng.choice(["IMV", "VASOPRESSOR", "RRT"]),
+        "started_at": f"{d0}T04:00"}, null_flavors={"stopped_at": ("UNK", "not noted")}
+        if rng.random() < 0.1 else None)
+    roll = rng.random()
+    if roll < 0.25:  # corrections with their reason; a rare one makes the subject ineligible
+        from ecrf.casebook.services import CheckContext
+
+        current = CheckContext(subject, Slot("D0")).values("demographics")
+        values = {k: v for k, v in current.items() if v is not None}
+        values = {k: (str(v) if not isinstance(v, list) else v) for k, v in values.items()}
+        if roll < 0.04:
+            values["age"] = "18"
+            why = Reason("entry_error", "DEMO: age read from the wrong document")
+        else:
+            values["weight"] = f"{float(values['weight']) + rng.choice([-2.5, 1.5, 3.0]):.1f}"
+            why = Reason("new_information", "DEMO: weighed on the ICU bed scale")
+        save_confirmed(actor, subject, "demographics", Slot("D0"), values, reason=why)
     if rng.random() < 0.12:
         death = d0 + timedelta(days=rng.randint(1, 3))
         save_confirmed(actor, subject, "end_of_study", Slot("D90"), {
