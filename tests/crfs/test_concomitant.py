@@ -1,10 +1,11 @@
-"""Concomitant treatments (CYP3A4 inhibitors flagged) and organ support periods."""
+"""Concomitant treatments: strong CYP3A4 inhibitors flagged, HS drugs for HS treatments only,
+and a stop after the start."""
 
 from __future__ import annotations
 
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
-from ecrf.forms.crfs import concomitant, organ_support
+from ecrf.forms.crfs import concomitant
 
 
 def findings(definition, values):
@@ -33,9 +34,3 @@ def test_the_hs_drug_list_applies_only_to_hs_treatments():
     _, errors = services.parse(concomitant.DEFINITION, Submitted(
         {"kind": "OTHER", "hs_drug": "ETOPOSIDE", "drug_name": "x", "start": "2026"}), "UTC")
     assert "does not apply" in errors["hs_drug"][0]
-
-
-def test_an_organ_support_stops_after_it_starts():
-    f = findings(organ_support.DEFINITION, {"support": "RRT", "started_at": "2026-03-02T10:00",
-                                            "stopped_at": "2026-03-02T09:00"})
-    assert "OS-01" in f
