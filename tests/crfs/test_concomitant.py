@@ -6,13 +6,7 @@ from __future__ import annotations
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import concomitant
-
-
-def findings(definition, values):
-    parsed, errors = services.parse(definition, Submitted(values), "Europe/Paris")
-    assert not errors, errors
-    return {f.check_id: f for f in services.run_checks(definition, services.derive(definition,
-                                                                                     parsed))}
+from tests.crfs.checking import findings
 
 
 def test_voriconazole_is_flagged_as_a_strong_cyp3a4_inhibitor():

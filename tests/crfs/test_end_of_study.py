@@ -6,13 +6,7 @@ from __future__ import annotations
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import end_of_study
-
-
-def findings(definition, values):
-    parsed, errors = services.parse(definition, Submitted(values), "Europe/Paris")
-    assert not errors, errors
-    derived = services.derive(definition, parsed)
-    return {f.check_id: f.message for f in services.run_checks(definition, derived)}
+from tests.crfs.checking import findings
 
 
 def test_a_death_needs_its_date_and_dead_at_d28_is_not_alive_at_d90():

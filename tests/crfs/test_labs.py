@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from ecrf.casebook import services
-from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import labs
-
-
-def findings(definition, values):
-    parsed, errors = services.parse(definition, Submitted(values), "Europe/Paris")
-    assert not errors, errors
-    derived = services.derive(definition, parsed)
-    return {f.check_id: f.message for f in services.run_checks(definition, derived)}
+from tests.crfs.checking import findings
 
 
 def test_neutrophils_cannot_exceed_leukocytes():

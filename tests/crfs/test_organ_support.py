@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from ecrf.casebook import services
-from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import organ_support
-
-
-def findings(definition, values):
-    parsed, errors = services.parse(definition, Submitted(values), "Europe/Paris")
-    assert not errors, errors
-    return {f.check_id: f for f in services.run_checks(definition, services.derive(definition,
-                                                                                     parsed))}
+from tests.crfs.checking import findings
 
 
 def test_an_organ_support_stops_after_it_starts():
