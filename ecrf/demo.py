@@ -248,11 +248,12 @@ def fill_follow_up(actor: Actor, subject, rng: random.Random) -> None:
         if rng.random() < 0.1 else None)
     roll = rng.random()
     if roll < 0.25:  # corrections with their reason; a rare one makes the subject ineligible
-        from ecrf.casebook.services import CheckContext
+        from ecrf.casebook.services import CheckContext, registry, value_text
 
         current = CheckContext(subject, Slot("D0")).values("demographics")
-        values = {k: v for k, v in current.items() if v is not None}
-        values = {k: (str(v) if not isinstance(v, list) else v) for k, v in values.items()}
+        crf = registry().current("demographics")
+        values = {k: value_text(crf.item(k), v) for k, v in current.items()
+                  if v is not None and not crf.item(k).derived}
         if roll < 0.04:
             values["age"] = "18"
             why = Reason("entry_error", "DEMO: age read from the wrong document")

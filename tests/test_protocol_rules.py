@@ -69,3 +69,17 @@ def test_a_death_date_ends_the_schedule(make, login_as, client):
     page = client.get(f"/subjects/{subject.code}/casebook").get_data(as_text=True)
     assert page.count("not expected (death)") >= 10  # D3..D14 daily SOFA and more
     assert "overdue" not in page.split("Day 3")[1].split("Day 4")[0]
+
+
+def test_inside_a_loaders_transaction_the_deviation_is_attributed_to_the_loader(make):
+    from ecrf.audit.unit_of_work import Actor, unit_of_work
+    from ecrf.demo import loader_actor
+
+    subject = make.included("01")
+    loader: Actor = loader_actor()
+    with unit_of_work(loader):
+        save_confirmed(loader, subject, "demographics", Slot("D0"),
+                       {"sex": "M", "age": "18", "weight": "70", "height": "175"},
+                       reason=Reason("entry_error", "age was misread"))
+    assert len(deviations(subject)) == 1
+    assert audit_rows(action="form.create", form="deviation")[-1].username == "demo-loader"

@@ -31,6 +31,7 @@ def after_save(subject, crf_key: str, instance, old_text: dict, new_text: dict) 
 
 def raise_eligibility_deviation(subject) -> bool:
     """Record a deviation (once per finding) when the included subject is no longer eligible."""
+    from ecrf.audit.unit_of_work import current_unit_of_work
     from ecrf.auth.services import system_actor
     from ecrf.casebook.services import CheckContext, Slot, Submitted, save_form
 
@@ -41,7 +42,10 @@ def raise_eligibility_deviation(subject) -> bool:
     existing = CheckContext(subject, Slot("D0", form_repeat=0)).all_values("deviation")
     if any(values.get("description") == text for _, values in existing):
         return False
-    result = save_form(system_actor(), subject, "deviation", Slot("D0", form_repeat=None),
+    # attributed to the system account; inside a loader's transaction, to the loader acting
+    open_work = current_unit_of_work()
+    actor = open_work.actor if open_work is not None else system_actor()
+    result = save_form(actor, subject, "deviation", Slot("D0", form_repeat=None),
                        Submitted({"deviation_date": date.today().isoformat(),
                                   "category": "ELIGIBILITY", "description": text, "major": "Y",
                                   "raised_by_system": "Y"}))
