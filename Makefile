@@ -51,6 +51,6 @@ clean:
 
 # Refresh the French catalog after changing user-facing text: extract, merge, compile.
 translations: $(STAMP)
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext --project=ecrf -o ecrf/translations/messages.pot .
+	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_gettext -k msg --project=ecrf -o ecrf/translations/messages.pot .
 	$(BIN)/pybabel update -i ecrf/translations/messages.pot -d ecrf/translations -l fr
 	$(BIN)/pybabel compile -d ecrf/translations

@@ -15,8 +15,9 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, has_request_context, redirect, request, session, url_for
 from flask_babel import gettext
@@ -67,7 +68,9 @@ def tr(text: str | None) -> str | None:
     message as a %-format string (a codelist label "%" would fail) and marks the result as safe
     HTML; here the text is not formatted and the template escapes it.
     """
-    return gettext(text) if text else text
+    if not text:
+        return text
+    return text.translated() if isinstance(text, Message) else gettext(text)
 
 
 _DAY = re.compile(r"Day (\d+)")
@@ -79,6 +82,43 @@ def visit_title(title: str) -> str:
     if m:
         return gettext("Day %(n)s", n=m.group(1))
     return tr(title)
+
+
+# --- messages built by the rules (edit checks, eligibility) -----------------------------------
+
+
+class Message(str):
+    """A message built by a rule: as a string it is the English text, which is what the audit trail
+    and the CLI keep; ``tr`` shows it in the user's language. Built by ``msg``, which
+    ``make translations`` extracts (``-k msg``) like ``_``.
+
+    Parameters that are themselves messages (a label from a codelist, a part of a list) are
+    translated with it.
+    """
+
+    msgid: str
+    params: dict[str, Any]
+
+    def __new__(cls, msgid: str, params: dict[str, Any]) -> Message:
+        obj = super().__new__(cls, msgid % params if params else msgid)
+        obj.msgid, obj.params = msgid, params
+        return obj
+
+    def translated(self) -> str:
+        params = {k: tr(v) if isinstance(v, Message) else v for k, v in self.params.items()}
+        return gettext(self.msgid, **params)
+
+    @classmethod
+    def join(cls, separator: str, parts: Iterable[str]) -> Message:
+        """Messages joined into one (each part translated on its own)."""
+        parts = list(parts)
+        msgid = separator.join(f"%(p{n})s" for n in range(len(parts)))
+        return cls(msgid, {f"p{n}": part for n, part in enumerate(parts)})
+
+
+def msg(text: str, **params: Any) -> Message:
+    """A rule's message: ``%(name)s`` placeholders, filled with ``params``."""
+    return Message(text, params)
 
 
 # --- extraction (pybabel extract -F babel.cfg) -------------------------------------------------

@@ -228,6 +228,20 @@ def test_a_french_user_gets_french_validation_messages_and_a_french_save_message
     assert "Erreur de saisie" in text  # the reason codes' labels
 
 
+def test_a_french_user_reads_the_edit_checks_in_french(make, login_as, client):
+    subject = make.included("01")
+    login_as("investigator", site="01")
+    _french(client)
+    refused = _post_form(client, subject.code, {"weight": "72", "fever": "Y", "temperature": "37,2",
+                                                "measured_at": "2020-01-01T08:00"})
+    page = _text(refused)
+    assert refused.status_code == 400
+    assert ("Fièvre « oui » mais la température est de 37.2 °C (la fièvre signifie >= 38 °C). "
+            "[TOY-01]") in page
+    assert f"Mesuré le 2020-01-01, avant l'inclusion le {subject.inclusion_date}. [TOY-02]" in page
+    assert "Fever is 'yes'" not in page and "before inclusion" not in page
+
+
 def test_french_input_accepts_the_decimal_comma(make, login_as, client):
     subject = make.subject("01")
     login_as("investigator", site="01")
@@ -247,6 +261,8 @@ def test_what_the_audit_trail_keeps_stays_english_for_a_french_user(make, login_
     asked = _post_form(client, subject.code, {"weight": "210", "fever": "N"})
     page = asked.get_data(as_text=True)
     assert "Valeurs à confirmer" in page
+    assert ("Poids est habituellement entre 35 et 200 kg ; valeur saisie : 210. Confirmez que la "
+            "valeur est juste.") in html.unescape(page)
     check_id = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
     confirmed = _post_form(client, subject.code, {"weight": "210", "fever": "N", "confirm": check_id})
     assert confirmed.status_code == 302
@@ -305,7 +321,7 @@ def fresh_template(tmp_path_factory) -> Path:
     """A template extracted now from the sources, as `make translations` does."""
     out = tmp_path_factory.mktemp("i18n") / "messages.pot"
     pybabel = Path(sys.executable).with_name("pybabel")
-    subprocess.run([str(pybabel), "extract", "-F", "babel.cfg", "-k", "_l", "-k", "lazy_gettext",
+    subprocess.run([str(pybabel), "extract", "-F", "babel.cfg", "-k", "_l", "-k", "lazy_gettext", "-k", "msg",
                     "-o", str(out), "."], cwd=ROOT, check=True, capture_output=True, text=True)
     return out
 

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import Choice, DateTime, DecimalNumber, Integer, MultiChoice, PartialDate, Text, YesNo
+from ecrf.i18n import msg
 
 
 def _bmi(v):
@@ -14,7 +15,8 @@ def _bmi(v):
 
 def _fever_needs_temperature(v):
     if v.get("fever") == "Y" and v.get("temperature") is not None and v["temperature"] < 38:
-        return f"Fever is 'yes' but the temperature is {v['temperature']} °C (fever means >= 38 °C)."
+        return msg("Fever is 'yes' but the temperature is %(temperature)s °C (fever means >= 38 °C).",
+                   temperature=v["temperature"])
     return None
 
 
@@ -23,7 +25,7 @@ def _not_before_inclusion(v, context):
     d0 = context.subject.inclusion_date
     measured = v.get("measured_at")
     if d0 is not None and measured is not None and measured.date() < d0:
-        return f"Measured on {measured.date()}, before inclusion on {d0}."
+        return msg("Measured on %(measured)s, before inclusion on %(d0)s.", measured=measured.date(), d0=d0)
     return None
 
 

@@ -26,7 +26,7 @@ from ecrf.database import utcnow
 from ecrf.extensions import db
 from ecrf.forms.definition import CRF, Finding, Item, visible
 from ecrf.forms.items import NULL_FLAVORS, DateTime, ItemValueError
-from ecrf.i18n import tr
+from ecrf.i18n import msg, tr
 from ecrf.study.models import Subject
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def _parse_one(item: Item, raw, flavor, tz: str):
     if item.hard is not None and not item.hard.contains(value):
         raise ItemValueError(_(
             "%(label)s must be %(range)s; found %(value)s.", label=tr(item.label),
-            range=item.hard.describe() + (f" {item.unit}" if item.unit else ""),
+            range=tr(item.hard.describe(item.unit)),
             value=item.type.text(value)))
     return value
 
@@ -247,10 +247,9 @@ def run_checks(crf: CRF, values: dict[str, Any], context=None) -> list[Finding]:
         if value is not None and item.soft is not None and not item.soft.contains(value):
             findings.append(Finding(
                 f"{crf.key.upper()}-{item.key}-RANGE", "soft",
-                # an edit check's message: English, as the audit trail keeps it when confirmed
-                f"{item.label} is usually {item.soft.describe(translate=False)}"
-                + (f" {item.unit}" if item.unit else "") + f"; found {item.type.text(value)}. "
-                "Confirm the value is right.", (item.key,)))
+                msg("%(label)s is usually %(range)s; found %(value)s. Confirm the value is right.",
+                    label=msg(item.label), range=item.soft.describe(item.unit),
+                    value=item.type.text(value)), (item.key,)))
     for check in crf.checks:
         finding = check.run(p, context)
         if finding is not None:
@@ -298,7 +297,7 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     if hard:
         for f in hard:
             for key in f.items or ("_form",):
-                errors.setdefault(key, []).append(f"{f.message} [{f.check_id}]")
+                errors.setdefault(key, []).append(f"{tr(f.message)} [{f.check_id}]")
         return SaveResult("invalid", instance, errors=errors)
     soft = [f for f in findings if f.severity == "soft"]
     old = instance_values(instance, crf)

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from flask_babel import gettext as _
-
 from ecrf.forms.items import ItemType
-from ecrf.i18n import N_
+from ecrf.i18n import Message, msg
 
 Values = Mapping[str, Any]
 
@@ -31,16 +29,15 @@ class Range:
     def contains(self, value) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
-    def describe(self, translate: bool = True) -> str:
-        """The bounds in words, in the user's language; ``translate=False`` gives the English that
-        texts kept in the audit trail use (a confirmed soft range)."""
+    def describe(self, unit: str | None = None) -> Message:
+        """The bounds in words (with the unit, which is not translated)."""
         if self.low is not None and self.high is not None:
-            message, values = N_("between %(low)s and %(high)s"), {"low": self.low, "high": self.high}
+            text = msg("between %(low)s and %(high)s", low=self.low, high=self.high)
         elif self.low is not None:
-            message, values = N_("at least %(low)s"), {"low": self.low}
+            text = msg("at least %(low)s", low=self.low)
         else:
-            message, values = N_("at most %(high)s"), {"high": self.high}
-        return _(message, **values) if translate else message % values
+            text = msg("at most %(high)s", high=self.high)
+        return msg("%(range)s %(unit)s", range=text, unit=unit) if unit else text
 
 
 @dataclass(frozen=True)
