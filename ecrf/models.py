@@ -5,13 +5,23 @@ from ecrf.audit import capture
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
 from ecrf.casebook.models import FormInstance, ItemValue, Submission
+from ecrf.review.models import (
+    ClosureState,
+    DelegationEntry,
+    ItemVerification,
+    Query,
+    QueryMessage,
+    SdvPlan,
+    Signature,
+)
 from ecrf.study.change_control import StudyDefinition
 from ecrf.study.models import ScreeningEntry, Site, Subject, SubjectCounter
 
 capture.install()
 
 __all__ = [
-    "AuditRecord", "AuditValue", "ChainHead", "FormInstance", "Grant", "ItemValue", "Submission",
+    "AuditRecord", "AuditValue", "ChainHead", "ClosureState", "DelegationEntry", "FormInstance",
+    "ItemVerification", "Query", "QueryMessage", "SdvPlan", "Signature", "Grant", "ItemValue", "Submission",
     "PasswordHistory", "Site", "Subject",
     "ScreeningEntry", "StudyDefinition", "SubjectCounter", "User", "UserSession",
 ]

@@ -9,6 +9,7 @@ refused outright: it would bypass the listeners (the blind spot of ORM-level aud
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from itertools import chain as iter_chain
@@ -47,9 +48,31 @@ def _audited(objs) -> list[Audited]:
     return [o for o in objs if isinstance(o, Audited)]
 
 
-def _before_flush(session: Session, _ctx, _instances) -> None:
+#: rules every flush of audited rows passes through, in this order: (order, name, rule); a rule
+#: gets the session and the audited objects being written and may add changes or raise
+FLUSH_RULES: list[tuple[int, str, Callable[[Session, list[Audited]], None]]] = []
+
+
+def flush_rule(order: int, name: str):
+    """Register a rule run on every flush inside a unit of work (the one write path), e.g. the
+    freeze/lock check, or clearing a verification when its value changes. Lower order first."""
+
+    def register(rule):
+        FLUSH_RULES[:] = sorted([r for r in FLUSH_RULES if r[1] != name] + [(order, name, rule)],
+                                key=lambda r: r[0])
+        return rule
+
+    return register
+
+
+def touched_objects(session: Session) -> list[Audited]:
+    """The audited objects a flush is about to insert, change or delete."""
     dirty = [o for o in session.dirty if session.is_modified(o, include_collections=False)]
-    touched = _audited(iter_chain(session.new, dirty, session.deleted))
+    return _audited(iter_chain(session.new, dirty, session.deleted))
+
+
+def _before_flush(session: Session, _ctx, _instances) -> None:
+    touched = touched_objects(session)
     if not touched:
         return
     if session.info.get(UOW_KEY) is None:
@@ -62,6 +85,10 @@ def _before_flush(session: Session, _ctx, _instances) -> None:
         raise AuditError(
             f"{type(deleted[0]).__name__} rows are never physically deleted: set a status instead"
         )
+    for _order, _name, rule in FLUSH_RULES:
+        with session.no_autoflush:
+            rule(session, touched)
+        touched = touched_objects(session)
 
 
 def _after_flush(session: Session, _ctx) -> None:

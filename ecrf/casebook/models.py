@@ -64,6 +64,11 @@ class FormInstance(Audited, Base):
                            name="status_known"),
     )
     __mapper_args__ = {"version_id_col": row_version}
+    #: data: no change once the subject, its site or the study is frozen or locked
+    __closure__ = "data"
+
+    def closure_scope(self) -> tuple[int, int]:
+        return self.subject.site_id, self.subject_id
 
     @property
     def visit_label(self) -> str:
@@ -109,6 +114,7 @@ class ItemValue(Audited, Base):
     null_comment: Mapped[str | None] = mapped_column(sa.String(500))
 
     form_instance: Mapped[FormInstance] = relationship(back_populates="values")
+    __closure__ = "data"
 
     __table_args__ = (
         sa.UniqueConstraint("form_instance_id", "item_key", name="uq_item_value_item"),
@@ -118,6 +124,9 @@ class ItemValue(Audited, Base):
 
     def audit_path(self):
         return {**self.form_instance.audit_path(), "item": self.item_key}
+
+    def closure_scope(self) -> tuple[int, int]:
+        return self.form_instance.closure_scope()
 
 
 class Submission(Base):

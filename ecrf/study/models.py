@@ -93,6 +93,10 @@ class Subject(Audited, Base):
         ),
     )
     __mapper_args__ = {"version_id_col": row_version}
+    __closure__ = "data"
+
+    def closure_scope(self) -> tuple[int, int | None]:
+        return self.site_id if self.site_id is not None else self.site.id, self.id
 
     def audit_path(self):
         return {"site": self.site.code, "subject": self.code}
@@ -126,6 +130,11 @@ class ScreeningEntry(Audited, Base):
         sa.CheckConstraint("(subject_id IS NULL) <> (reason_not_included IS NULL)",
                            name="enrolled_or_reason"),
     )
+
+    __closure__ = "data"
+
+    def closure_scope(self) -> tuple[int, int | None]:
+        return self.site_id if self.site_id is not None else self.site.id, self.subject_id
 
     def audit_path(self):
         return {"site": self.site.code, "subject": self.subject.code if self.subject else None}
