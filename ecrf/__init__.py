@@ -111,11 +111,12 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.audit.views import bp as audit_bp
     from ecrf.auth import bp as auth_bp
     from ecrf.casebook import bp as casebook_bp
+    from ecrf.closure import bp as closure_bp
     from ecrf.i18n import bp as i18n_bp
     from ecrf.main import bp as main_bp
     from ecrf.subjects import bp as subjects_bp
 
-    for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp):
+    for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp, closure_bp):
         app.register_blueprint(bp)
     from ecrf.access.decorators import public
 
@@ -193,3 +194,14 @@ def _register_errors(app: Flask) -> None:
     app.register_error_handler(404, page(404, N_("Not found"), N_("There is nothing here for you.")))
     app.register_error_handler(405, page(405, N_("Not allowed"),
                                          N_("This method is not allowed here.")))
+
+    from ecrf.extensions import db
+    from ecrf.i18n import tr
+    from ecrf.review.closure import ClosedError
+
+    @app.errorhandler(ClosedError)
+    def _closed(error: ClosedError):
+        """A write refused by freeze or lock, whatever the page: say why, nothing was saved."""
+        db.session.rollback()
+        return render_template("error.html", status=409, title=gettext("Not saved"),
+                               message=tr(error.message)), 409

@@ -379,8 +379,71 @@ def demo(n_subjects):
     load_demo(n_subjects, echo=click.echo)
 
 
+# --- freeze and lock -----------------------------------------------------------------------
+
+closure_cli = click.Group("closure", help="Freeze and lock the study, a site or a subject.")
+
+
+def _scope(site_code: str | None, subject_code: str | None):
+    from ecrf.review.closure import Scope
+    from ecrf.study.models import Subject
+
+    if site_code and subject_code:
+        _fail("Give --site or --subject, not both.")
+    if subject_code:
+        subject = db.session.scalar(sa.select(Subject).where(Subject.code == subject_code))
+        if subject is None:
+            _fail(f"No subject {subject_code!r}.")
+        return Scope.of_subject(subject)
+    if site_code:
+        return Scope.of_site(_site(site_code))
+    return Scope.study()
+
+
+def _closure_command(action: str):
+    @closure_cli.command(action)
+    @click.option("--site", "site_code", default=None, help="A site (default: the whole study).")
+    @click.option("--subject", "subject_code", default=None, help="A subject.")
+    @with_reason
+    @as_option
+    def command(site_code, subject_code, reason_code, reason_text, as_user):
+        from ecrf.review import closure
+
+        actor = _actor(as_user, f"closure.{action}")
+        scope = _scope(site_code, subject_code)
+        try:
+            closure.change(actor, scope, action, _reason(reason_code, reason_text)
+                           if reason_text or action in ("freeze", "lock") else None)
+        except closure.ClosureChangeError as e:
+            _fail(str(e))
+        click.echo(f"{action}: {scope.describe()}")
+
+    command.__doc__ = {"freeze": "Freeze: no data change; queries, SDV and signing go on.",
+                       "unfreeze": "Unfreeze (needs --explain).",
+                       "lock": "Lock: nothing changes.",
+                       "unlock": "Unlock (needs --explain)."}[action]
+    return command
+
+
+for _action in ("freeze", "unfreeze", "lock", "unlock"):
+    _closure_command(_action)
+
+
+@closure_cli.command("status")
+def closure_status():
+    """Every scope that is frozen or locked."""
+    from ecrf.review import closure
+
+    states = [s for s in closure.overview().values() if s.frozen or s.locked]
+    for state in sorted(states, key=lambda s: s.scope):
+        flags = [f for f in ("frozen", "locked") if getattr(state, f)]
+        click.echo(f"{state.scope}: {', '.join(flags)}")
+    if not states:
+        click.echo("Nothing is frozen or locked.")
+
+
 def register_commands(app) -> None:
-    for command in (users, sites, audit, access, crf_cli, demo):
+    for command in (users, sites, audit, access, crf_cli, demo, closure_cli):
         app.cli.add_command(command)
 
 

@@ -34,6 +34,8 @@ from ecrf.casebook.models import FormInstance
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.database import utcnow
 from ecrf.extensions import db as _db
+from ecrf.review import closure
+from ecrf.review.models import ClosureState
 from ecrf.study.models import ScreeningEntry, Site, Subject
 from tests.factories import PASSWORD, audit_rows
 
@@ -210,7 +212,28 @@ CALLS: dict[tuple[str, str], Call] = {
         effect=lambda w: _count(sa.select(ScreeningEntry.id).where(
             ScreeningEntry.site_id == w.sites[OTHER_SITE].id)),
         on_site=OTHER_SITE),
+    # freeze and lock: site 02 is open, site 03 (not yet activated) frozen and locked
+    ("GET", "closure.overview"): Call(),
+    ("POST", "closure.freeze"): Call(
+        302, lambda w: "/closure", lambda w: {"level": "site", "site": str(w.sites[OTHER_SITE].id)},
+        effect=lambda w: _closure_flags(f"site:{w.sites[OTHER_SITE].id}"), on_site=OTHER_SITE),
+    ("POST", "closure.lock"): Call(
+        302, lambda w: "/closure", lambda w: {"level": "site", "site": str(w.sites[OTHER_SITE].id)},
+        effect=lambda w: _closure_flags(f"site:{w.sites[OTHER_SITE].id}"), on_site=OTHER_SITE),
+    ("POST", "closure.unfreeze"): Call(
+        302, lambda w: "/closure",
+        lambda w: {"level": "site", "site": str(w.new_site.id), "reason_text": "access walk"},
+        effect=lambda w: _closure_flags(f"site:{w.new_site.id}")),
+    ("POST", "closure.unlock"): Call(
+        302, lambda w: "/closure",
+        lambda w: {"level": "site", "site": str(w.new_site.id), "reason_text": "access walk"},
+        effect=lambda w: _closure_flags(f"site:{w.new_site.id}")),
 }
+
+
+def _closure_flags(scope: str):
+    return _db.session.execute(sa.select(ClosureState.frozen, ClosureState.locked).where(
+        ClosureState.scope == scope)).first()
 
 #: URL parameters, by name, filled with real objects of the world (site 02's subject for <code>)
 URL_PARAMS: dict[str, Callable] = {
@@ -305,9 +328,12 @@ def world(make, db, actor):
     form = saved.instance
     form_page = (f"/subjects/{subjects[OTHER_SITE].code}/visits/{form.visit_key}/"
                  f"{form.visit_repeat}/forms/{form.crf_key}/{form.form_repeat}")
+    new_site = make.site("03", activated=False)
+    for action in ("freeze", "lock"):
+        closure.change(system_actor(), closure.Scope.of_site(new_site), action)
     return SimpleNamespace(sites=sites, subjects=subjects, users=users, holder=users[holder],
                            target=target, target_grant=target.grants[0], form=form,
-                           form_page=form_page, new_site=make.site("03", activated=False))
+                           form_page=form_page, new_site=new_site)
 
 
 def build_url(app: Flask, endpoint: str, world) -> str:

@@ -68,7 +68,7 @@ class FormInstance(Audited, Base):
     __closure__ = "data"
 
     def closure_scope(self) -> tuple[int, int]:
-        return self.subject.site_id, self.subject_id
+        return self.subject.closure_scope()
 
     @property
     def visit_label(self) -> str:

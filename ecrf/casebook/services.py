@@ -90,7 +90,8 @@ class CheckContext:
 
 @dataclass
 class SaveResult:
-    outcome: str  # saved, unchanged, invalid, needs_reason, needs_confirmation, conflict, duplicate
+    #: saved, unchanged, invalid, needs_reason, needs_confirmation, conflict, duplicate, closed
+    outcome: str
     instance: FormInstance | None = None
     errors: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[Finding] = field(default_factory=list)
@@ -287,6 +288,11 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
             return SaveResult("duplicate", db.session.get(FormInstance, done.form_instance_id))
     instance = get_instance(subject, crf_key, slot)
     crf = definition_for(crf_key, instance)
+    from ecrf.review.closure import refusal
+
+    closed = refusal(subject)
+    if closed is not None:  # told before anything is parsed; the flush rule holds in any case
+        return SaveResult("closed", instance, errors={"_form": [tr(closed)]})
     values, errors = parse(crf, submitted, subject.site.timezone)
     if errors:
         return SaveResult("invalid", instance, errors=errors)

@@ -16,6 +16,7 @@ from ecrf.access.scoping import subject_or_404
 from ecrf.audit.models import AuditRecord
 from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.casebook import bp, services
+from ecrf.review.closure import refusal
 from ecrf.casebook.models import FormInstance
 from ecrf.extensions import db
 from ecrf.forms.build import NF_COMMENT_SUFFIX, NF_SUFFIX, form_class
@@ -168,11 +169,12 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
             if value is not None and isinstance(item.type, Choice):
                 shown = tr(shown)  # a codelist label of the definition, in the user's language
             form[item.key].data = shown or ""
-    status = 409 if result and result.outcome == "conflict" else 400 if result else 200
+    status = 409 if result and result.outcome in ("conflict", "closed") else 400 if result else 200
+    closed = refusal(subject)
     return render_template(
         "casebook/form.html", subject=subject, visit=visit, visit_repeat=visit_repeat, crf=crf,
         instance=instance, form=form, result=result, can_enter=can_enter, reasons=REASON_CODES,
-        null_flavors=NULL_FLAVORS, form_repeat=form_repeat, tz=tz,
+        null_flavors=NULL_FLAVORS, form_repeat=form_repeat, tz=tz, closed=closed,
         local_time=services.local_time), status
 
 

@@ -73,7 +73,7 @@ class Query(Audited, Base):
         return {**self.form_instance.audit_path(), "item": self.item_key}
 
     def closure_scope(self) -> tuple[int, int]:
-        return self.subject.site_id, self.subject_id
+        return self.subject.closure_scope()
 
 
 class QueryMessage(Audited, Base):
@@ -256,7 +256,7 @@ class Signature(Audited, Base):
         return {"site": self.subject.site.code, "subject": self.subject.code, "visit": visit}
 
     def closure_scope(self) -> tuple[int, int]:
-        return self.subject.site_id, self.subject_id
+        return self.subject.closure_scope()
 
 
 # --- freeze and lock ---------------------------------------------------------------------------

@@ -134,7 +134,8 @@ class ScreeningEntry(Audited, Base):
     __closure__ = "data"
 
     def closure_scope(self) -> tuple[int, int | None]:
-        return self.site_id if self.site_id is not None else self.site.id, self.subject_id
+        return (self.site_id if self.site_id is not None else self.site.id,
+                self.subject.id if self.subject is not None else None)
 
     def audit_path(self):
         return {"site": self.site.code, "subject": self.subject.code if self.subject else None}
