@@ -172,7 +172,8 @@ def _register_hooks(app: Flask) -> None:
         def form_status_label(code: str) -> str:
             return str(FORM_STATUS_LABELS.get(code, code.replace("_", " ")))
 
-        return {"can": can, "ROLES": ROLES, "app_version": __version__, "LANGUAGES": LANGUAGES,
+        return {"can": can, "ROLES": ROLES, "endpoints": app.view_functions,
+                "app_version": __version__, "LANGUAGES": LANGUAGES,
                 "current_language": str(get_locale()), "tr": tr, "visit_title": visit_title,
                 "subject_status_label": status_label, "form_status_label": form_status_label}
 

@@ -212,6 +212,7 @@ CALLS: dict[tuple[str, str], Call] = {
         effect=lambda w: _count(sa.select(ScreeningEntry.id).where(
             ScreeningEntry.site_id == w.sites[OTHER_SITE].id)),
         on_site=OTHER_SITE),
+    ("GET", "main.missing_forms"): Call(),
     # freeze and lock: site 02 is open, site 03 (not yet activated) frozen and locked
     ("GET", "closure.overview"): Call(),
     ("POST", "closure.freeze"): Call(

@@ -16,12 +16,13 @@ from ecrf.access.scoping import subject_or_404
 from ecrf.audit.models import AuditRecord
 from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.casebook import bp, services
-from ecrf.review.closure import refusal
 from ecrf.casebook.models import FormInstance
 from ecrf.extensions import db
 from ecrf.forms.build import NF_COMMENT_SUFFIX, NF_SUFFIX, form_class
 from ecrf.forms.items import NULL_FLAVORS, Choice, DateTime
 from ecrf.i18n import tr
+from ecrf.review.closure import refusal
+from ecrf.study.schedule import ended_visits
 
 
 def _schedule():
@@ -56,18 +57,10 @@ def grid(code: str):
     unscheduled = {v.key for v in visits if v.unscheduled}
     return render_template("casebook/grid.html", subject=subject, visits=visits, columns=columns,
                            repeating=repeating, by_slot=by_slot, today=today, titles=titles,
-                           ended=_ended_visits(visits, subject.inclusion_date,
+                           ended=ended_visits(visits, subject.inclusion_date,
                                                death.get("death_date")),
                            next_unscheduled=1 + max((i.visit_repeat for i in instances
                                                      if i.visit_key in unscheduled), default=0))
-
-
-def _ended_visits(visits, d0, death_date) -> set[str]:
-    """A death ends the schedule: visits due after the date of death are no longer expected."""
-    if d0 is None or death_date is None:
-        return set()
-    return {v.key for v in visits if v.window(d0) is not None and v.window(d0)[0] > death_date
-            and v.key != "D90"}  # the end-of-study form still records the death
 
 
 def _initial(crf, instance, tz: str) -> dict:

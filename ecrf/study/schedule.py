@@ -66,6 +66,14 @@ class Schedule:
         return Schedule(updated + visits)
 
 
+def ended_visits(visits, d0: date | None, death_date: date | None) -> set[str]:
+    """A death ends the schedule: visits due after the date of death are no longer expected."""
+    if d0 is None or death_date is None:
+        return set()
+    return {v.key for v in visits if v.window(d0) is not None and v.window(d0)[0] > death_date
+            and v.key != "D90"}  # the end-of-study form still records the death
+
+
 def build_schedule(form_lines: dict[str, tuple[str, ...]]) -> Schedule:
     """The JAKAHDI schedule from the study settings and the forms expected at each visit kind."""
     d0_forms = form_lines.get("D0", ()) + (form_lines.get("lab_days", ()) if 0 in settings.LAB_DAYS

@@ -29,6 +29,11 @@ def list_subjects():
     page = max(request.args.get("page", 1, type=int), 1)
     per_page = current_app.config["SUBJECTS_PER_PAGE"]
     stmt = visible(sa.select(Subject).join(Site), Subject.site_id).order_by(Subject.code)
+    filters = {k: request.args[k] for k in ("site", "included") if request.args.get(k)}
+    if "site" in filters:
+        stmt = stmt.where(Site.code == filters["site"])
+    if filters.get("included") == "1":  # the study home's enrolment counts link here
+        stmt = stmt.where(Subject.inclusion_date.is_not(None))
     subjects = db.paginate(stmt, page=page, per_page=per_page, error_out=False)
     enrol = Access.for_user(g.access.user, "subject.enrol")
     form = None
@@ -36,7 +41,7 @@ def list_subjects():
         form = EnrolForm()
         form.site.choices = choices((s.id, f"{s.code} {s.name}") for s in sites_for(enrol)
                                    if s.activated_at is not None)
-    return render_template("subjects/list.html", subjects=subjects, form=form)
+    return render_template("subjects/list.html", subjects=subjects, form=form, filters=filters)
 
 
 @bp.route("/enrol", methods=["POST"])
