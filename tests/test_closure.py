@@ -261,3 +261,16 @@ def test_the_cli_freezes_and_crf_entry_is_then_refused(runner, make, db):
     status = runner.invoke(args=["closure", "status"])
     assert f"subject:{subject.id}: frozen" in status.output
     assert runner.invoke(args=["closure", "lock", "--as", "inv"]).exit_code != 0  # no permission
+
+
+def test_a_data_manager_freezes_one_subject_from_the_subject_page(make, login_as, client, db):
+    subject, neighbour = make.included("01"), make.included("01")
+    login_as("data_manager")
+    page = client.get(f"/subjects/{subject.code}").get_data(as_text=True)
+    assert 'id="closure"' in page and 'name="level" value="subject"' in page
+    done = client.post("/closure/freeze", data={"level": "subject", "subject": subject.code,
+                                                "next": f"/subjects/{subject.code}"})
+    assert done.status_code == 302 and done.headers["Location"] == f"/subjects/{subject.code}"
+    page = client.get(f"/subjects/{subject.code}").get_data(as_text=True)
+    assert f"Subject {subject.code} is frozen" in page
+    assert _save(subject).outcome == "closed" and _save(neighbour).outcome == "saved"

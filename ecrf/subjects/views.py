@@ -15,6 +15,7 @@ from ecrf.access.scoping import site_or_404, sites_for, subject_or_404, visible
 from ecrf.audit.reasons import Reason
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
+from ecrf.review import closure
 from ecrf.study import eligibility, services
 from ecrf.study.endpoint import primary_endpoint, sofa_series, svg_plot
 from ecrf.study.models import ScreeningEntry, Site, Subject, status_label
@@ -78,8 +79,12 @@ def view_subject(code: str):
         endpoint = primary_endpoint(series)
         plot = Markup(svg_plot(series, endpoint))  # noqa: S704 (our own SVG, its texts escaped)
         found = eligibility.for_subject(subject)
+    closure_allowed = {a: bool(Access.for_user(g.access.user, f"closure.{a}"))
+                       for a in closure.ACTIONS}
     return render_template("subjects/view.html", subject=subject, form=form, plot=plot,
-                           eligibility=found)
+                           eligibility=found, closed=closure.refusal(subject),
+                           closure_state=closure.state_of(closure.Scope.of_subject(subject)),
+                           closure_allowed=closure_allowed)
 
 
 @bp.route("/<code>/status", methods=["POST"])
