@@ -184,6 +184,8 @@ def test_a_refused_status_change_is_explained_in_french(make, login_as, client):
     page = _text(client.post(f"/subjects/{subject.code}/status", data={"status": "included"},
                              follow_redirects=True))
     assert "Le sujet n'est pas éligible : " in page
+    assert "I5 pas encore connu : consentement non enregistré" in page  # the criteria too
+    assert "not known" not in page and "consent not recorded" not in page
     assert '<dd id="subject-status">sélection</dd>' in page
 
 
@@ -240,6 +242,62 @@ def test_a_french_user_reads_the_edit_checks_in_french(make, login_as, client):
             "[TOY-01]") in page
     assert f"Mesuré le 2020-01-01, avant l'inclusion le {subject.inclusion_date}. [TOY-02]" in page
     assert "Fever is 'yes'" not in page and "before inclusion" not in page
+
+
+def test_a_french_user_reads_a_study_crfs_edit_checks_in_french(make, login_as, client):
+    subject = make.included("01")
+    login_as("investigator", site="01")
+    _french(client)
+    url = f"/subjects/{subject.code}/visits/D1/1/forms/sofa_daily/1"
+    page = client.get(url).get_data(as_text=True)
+    refused = client.post(url, data={"submission_token": _token(page), "row_version": "",
+                                     "pao2": "80", "pao2_unit": "mmHg", "fio2": "0,5",
+                                     "fio2_unit": "%", "bilirubin": "12"})
+    page = _text(refused)
+    assert refused.status_code == 400
+    # the score library's reason rebuilt as a message, the unit's label a message of its own
+    assert ("Le rapport PaO2/FiO2 ne peut pas être calculé : la FiO2 doit être comprise entre 0.21 "
+            "et 1.0 (21-100 % ; air ambiant : 0,21), valeur saisie : 0.5 %, soit 0.005 en fraction "
+            "(une fraction saisie avec l'unité « % » ?). [SOFA-01]") in page
+    assert "Indiquez l'unité de la bilirubine (12). [SOFA-04]" in page
+    assert "cannot be computed" not in page and "Decimal(" not in page
+    assert "Give the unit" not in page
+
+
+def test_a_study_crfs_check_is_english_as_a_string_and_french_with_tr(app):
+    from flask import session
+
+    from ecrf.forms.crfs import consent
+    from ecrf.i18n import tr
+
+    [check] = [c for c in consent.DEFINITION.checks if c.id == "CONS-01"]
+    message = check.rule({"consent_type": "RELATIVE"})
+    assert str(message) == ("A consent signed by a relative or the trusted person needs the date "
+                            "and time of the relative's signature (found none).")
+    with app.test_request_context("/"):
+        session["lang"] = "fr"
+        assert tr(message) == ("Un consentement signé par un proche ou la personne de confiance "
+                               "nécessite la date et l'heure de la signature du proche (non "
+                               "renseignées).")
+
+
+def test_the_eligibility_table_is_in_french_for_a_french_user(make, login_as, client):
+    subject = make.included("01")
+    login_as("investigator", site="01")
+    _french(client)
+    page = _text(client.get(f"/subjects/{subject.code}"))
+    assert "Éligibilité, calculée à partir des données" in page
+    details = re.findall(r"<td>([^<]*)</td></tr>", page)
+    assert len(details) == 7, details
+    assert re.fullmatch(r"âge \d+ ans \(plus de \d+\)", details[0]), details[0]
+    assert re.fullmatch(r"HLH-2004 : (\d+|\?) critères \(\d+ requis\), HScore (\d+|\?) "
+                        r"\(\d+ requis\)", details[1]), details[1]
+    assert details[2].startswith("admis en réanimation le ")
+    assert re.fullmatch(r"SOFA à J0 : \d+ \(\d+ ou plus requis\)", details[3]), details[3]
+    assert details[4].startswith("consentement : ")
+    assert details[6] == "réponse « non » à chaque critère de non-inclusion"
+    for english in ("years", "needs", "admitted to the ICU", "consent:", "answered no"):
+        assert english not in page, english
 
 
 def test_french_input_accepts_the_decimal_comma(make, login_as, client):

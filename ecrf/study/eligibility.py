@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecrf.i18n import N_
+from ecrf.i18n import N_, Message, msg
 from ecrf.study import settings
 
 Forms = Mapping[str, Mapping[str, Any] | None]
@@ -34,6 +34,7 @@ class Criterion:
     label: str
     #: True met, False not met, None not known yet (data missing)
     met: bool | None
+    #: a ``Message``: English as a string (what is stored), translated where shown (``tr``)
     detail: str
 
 
@@ -53,11 +54,13 @@ class Eligibility:
     def unknown(self) -> list[Criterion]:
         return [c for c in self.criteria if c.met is None]
 
-    def summary(self) -> str:
-        """Why a subject is not eligible, in one line (for the refusal and the screen failure)."""
-        parts = [f"{c.id} {c.detail}" for c in self.failed]
-        parts += [f"{c.id} not known: {c.detail}" for c in self.unknown]
-        return "; ".join(parts)
+    def summary(self) -> Message:
+        """Why a subject is not eligible, in one line (for the refusal and the screen failure): English
+        as a string (the stored reason), in the user's language with ``tr``."""
+        parts = [msg("%(id)s %(detail)s", id=c.id, detail=c.detail) for c in self.failed]
+        parts += [msg("%(id)s not known: %(detail)s", id=c.id, detail=c.detail)
+                  for c in self.unknown]
+        return Message.join("; ", parts)
 
 
 def _get(forms: Forms, name: str):
@@ -69,77 +72,95 @@ def _get(forms: Forms, name: str):
 def _i1(forms):
     age = _get(forms, "age")
     if age is None:
-        return None, "age at inclusion not entered (demographics)"
-    ok = age > settings.MINIMUM_AGE_YEARS
-    return ok, f"age {age} years ({'older than' if ok else 'not older than'} "\
-               f"{settings.MINIMUM_AGE_YEARS})"
+        return None, msg("age at inclusion not entered (demographics)")
+    minimum = settings.MINIMUM_AGE_YEARS
+    if age > minimum:
+        return True, msg("age %(age)s years (older than %(minimum)s)", age=age, minimum=minimum)
+    return False, msg("age %(age)s years (not older than %(minimum)s)", age=age, minimum=minimum)
 
 
 def _i2(forms):
     count, score = _get(forms, "hlh_count"), _get(forms, "hscore")
     if count is None and score is None:
-        return None, "HS diagnosis not entered"
+        return None, msg("HS diagnosis not entered")
     ok = (count is not None and count >= settings.HLH2004_MIN_CRITERIA) or (
         score is not None and score >= settings.HSCORE_MIN)
-    return ok, (f"HLH-2004 {count if count is not None else '?'} criteria "
-                f"(needs {settings.HLH2004_MIN_CRITERIA}), HScore "
-                f"{score if score is not None else '?'} (needs {settings.HSCORE_MIN})")
+    return ok, msg("HLH-2004 %(count)s criteria (needs %(count_min)s), HScore %(score)s "
+                   "(needs %(score_min)s)", count=count if count is not None else "?",
+                   count_min=settings.HLH2004_MIN_CRITERIA,
+                   score=score if score is not None else "?", score_min=settings.HSCORE_MIN)
 
 
 def _i3(forms):
     admitted = _get(forms, "icu_admission")
     if admitted is None:
-        return None, "ICU admission not entered"
-    return True, f"admitted to the ICU on {admitted}"
+        return None, msg("ICU admission not entered")
+    return True, msg("admitted to the ICU on %(admitted)s", admitted=admitted)
 
 
 def _i4(forms):
     total = _get(forms, "sofa")
     if total is None:
-        return None, "SOFA at D0 not entered"
+        return None, msg("SOFA at D0 not entered")
     ok = total >= settings.SOFA_INCLUSION_MIN
-    return ok, f"SOFA at D0 {total} (needs {settings.SOFA_INCLUSION_MIN} or more)"
+    return ok, msg("SOFA at D0 %(total)s (needs %(minimum)s or more)", total=total,
+                   minimum=settings.SOFA_INCLUSION_MIN)
 
 
 def _i5(forms):
     kind = _get(forms, "consent_type")
     if kind is None:
-        return None, "consent not recorded"
-    return True, f"consent: {kind}"
+        return None, msg("consent not recorded")
+    # the consent type's code (consent form), said in words once translated
+    if kind == "PATIENT":
+        return True, msg("consent: PATIENT")
+    if kind == "RELATIVE":
+        return True, msg("consent: RELATIVE")
+    if kind == "EMERGENCY":
+        return True, msg("consent: EMERGENCY")
+    return True, msg("consent: %(kind)s", kind=kind)
 
 
 def _i6(forms):
     sex, wocbp = _get(forms, "sex"), _get(forms, "wocbp")
     if sex is None:
-        return None, "sex not entered"
+        return None, msg("sex not entered")
     if sex != "F" or wocbp == "N":
-        return True, "not a woman of childbearing potential"
+        return True, msg("not a woman of childbearing potential")
     if wocbp is None:
-        return None, "childbearing potential not entered"
+        return None, msg("childbearing potential not entered")
     test, method = _get(forms, "pregnancy_test"), _get(forms, "method")
     if test is None:
-        return None, "pregnancy test before the first dose not entered"
+        return None, msg("pregnancy test before the first dose not entered")
     if test != "NEG":
-        return False, "pregnancy test before the first dose is not negative"
+        return False, msg("pregnancy test before the first dose is not negative")
     if method is None:
-        return None, "highly effective contraception not recorded"
-    return True, "negative pregnancy test and highly effective contraception"
+        return None, msg("highly effective contraception not recorded")
+    return True, msg("negative pregnancy test and highly effective contraception")
 
 
 def _exclusions(forms):
     values = forms.get("eligibility")
     if values is None:
-        return None, "exclusion criteria not answered"
+        return None, msg("exclusion criteria not answered")
     from ecrf.forms.crfs.eligibility import EXCLUSIONS
 
     keys = [k for k, _ in EXCLUSIONS] + (["other_trial"] if settings.OTHER_TRIAL_EXCLUDES else [])
-    present = [k.split("_")[0].upper() for k in keys if values.get(k) == "Y"]
-    unanswered = [k.split("_")[0].upper() for k in keys if values.get(k) is None]
+    present = [_exclusion_code(k) for k in keys if values.get(k) == "Y"]
+    unanswered = [_exclusion_code(k) for k in keys if values.get(k) is None]
     if present:
-        return False, "exclusion criteria present: " + ", ".join(present)
+        return False, msg("exclusion criteria present: %(codes)s",
+                          codes=Message.join(", ", present))
     if unanswered:
-        return None, "exclusion criteria not answered: " + ", ".join(unanswered)
-    return True, "every exclusion criterion answered no"
+        return None, msg("exclusion criteria not answered: %(codes)s",
+                         codes=Message.join(", ", unanswered))
+    return True, msg("every exclusion criterion answered no")
+
+
+def _exclusion_code(key: str) -> str:
+    """E1..E12 from the item key; OTHER (another trial) is a word, translated where shown."""
+    code = key.split("_")[0].upper()
+    return msg("OTHER") if code == "OTHER" else code
 
 
 RULES: list[tuple[str, str, Callable]] = [

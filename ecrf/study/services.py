@@ -12,6 +12,7 @@ from ecrf.audit.reasons import Reason
 from ecrf.audit.unit_of_work import Actor, unit_of_work
 from ecrf.database import utcnow
 from ecrf.extensions import db
+from ecrf.i18n import tr
 from ecrf.study import eligibility
 from ecrf.study.models import Site, Subject, SubjectCounter, SubjectStatus, status_label
 
@@ -90,10 +91,12 @@ def change_subject_status(actor: Actor, subject: Subject, new_status: str,
     if new in (S.INCLUDED, S.SCREEN_FAILURE):
         found = eligibility.for_subject(subject)  # computed from the data, never ticked
         if new is S.INCLUDED and not found.eligible:
+            # the user's language for the refusal (a Message's str is English)
             raise StudyError(_("The subject is not eligible: %(criteria)s.",
-                               criteria=found.summary()))
+                               criteria=tr(found.summary())))
         if new is S.SCREEN_FAILURE and not found.eligible:
-            status_reason = f"{status_reason} (criteria: {found.summary()})"
+            # the stored reason stays English
+            status_reason = f"{status_reason} (criteria: {str(found.summary())})"
     with unit_of_work(actor, reason or Reason.system(f"status {new.value}")):
         subject.status = new.value
         subject.status_reason = status_reason

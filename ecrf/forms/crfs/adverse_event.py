@@ -17,6 +17,7 @@ from ecrf.forms.items import (
     YesNo,
     ctcae_terms,
 )
+from ecrf.i18n import msg
 
 GRADES = (("1", "1 Mild"), ("2", "2 Moderate"), ("3", "3 Severe"), ("4", "4 Life-threatening"),
           ("5", "5 Death"))
@@ -62,8 +63,9 @@ def _grade_defined(v):
     grades = ctcae_terms()[v["term"]]["grades"]
     if int(v["grade"]) not in grades:
         term = ctcae_terms()[v["term"]]["term"]
-        return (f"CTCAE v5.0 defines no grade {v['grade']} for {term} "
-                f"(grades: {', '.join(map(str, grades))}).")
+        # the term is CTCAE's own (English) terminology: it is shown as it is
+        return msg("CTCAE v5.0 defines no grade %(grade)s for %(term)s (grades: %(grades)s).",
+                   grade=v["grade"], term=term, grades=", ".join(map(str, grades)))
     return None
 
 
@@ -72,27 +74,27 @@ def _end_after_onset(v):
     # compare at the precision both dates have: "2026-03" is not after "2026-03-05"
     n = min(len(onset), len(end))
     if end[:n] < onset[:n]:
-        return f"The end ({end}) is before the onset ({onset})."
+        return msg("The end (%(end)s) is before the onset (%(onset)s).", end=end, onset=onset)
     return None
 
 
 def _serious_needs_criterion(v):
     if is_serious(v) and not v.get("criteria"):
-        return "A serious event needs at least one seriousness criterion."
+        return msg("A serious event needs at least one seriousness criterion.")
     return None
 
 
 def _fatal_needs_grade_5(v):
     if v["outcome"] == "FATAL" and v.get("grade") != "5":
-        return "A fatal outcome needs grade 5."
+        return msg("A fatal outcome needs grade 5.")
     if v.get("grade") == "5" and v["outcome"] != "FATAL":
-        return "Grade 5 means death related to the event: the outcome is fatal."
+        return msg("Grade 5 means death related to the event: the outcome is fatal.")
     return None
 
 
 def _death_date_when_fatal(v):
     if v["outcome"] == "FATAL" and not v.get("end"):
-        return "A fatal outcome needs the date of death as the end date."
+        return msg("A fatal outcome needs the date of death as the end date.")
     return None
 
 
@@ -100,8 +102,9 @@ def _reported_late(v):
     due = _deadline(v)
     if due is not None and v["reported_at"] > due:
         hours = (v["reported_at"] - v["aware_at"]).total_seconds() / 3600
-        return (f"Reported {hours:.0f} hours after the site became aware: past the "
-                f"{REPORTING_HOURS}-hour deadline. Confirm, and record why in the narrative.")
+        return msg("Reported %(hours)s hours after the site became aware: past the "
+                   "%(deadline)s-hour deadline. Confirm, and record why in the narrative.",
+                   hours=f"{hours:.0f}", deadline=REPORTING_HOURS)
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import Choice, PartialDate, Text, YesNo
+from ecrf.i18n import msg
 
 KINDS = (("HS", "HS standard treatment"), ("ETIOLOGY", "Treatment of the HS cause"),
          ("OTHER", "Other concomitant medication"))
@@ -19,6 +20,11 @@ ROUTES = (("IV", "Intravenous"), ("ORAL", "Oral"), ("ENTERAL", "Enteral tube"),
 #: strong CYP3A4 inhibitors common in the ICU (domain notes, section 7.3)
 STRONG_CYP3A4 = ("voriconazole", "posaconazole", "itraconazole", "ketoconazole",
                  "clarithromycin", "ritonavir", "cobicistat")
+#: their names as the message shows them (capitalised; French names differ: kétoconazole...)
+INHIBITOR_NAMES = {"voriconazole": msg("Voriconazole"), "posaconazole": msg("Posaconazole"),
+                   "itraconazole": msg("Itraconazole"), "ketoconazole": msg("Ketoconazole"),
+                   "clarithromycin": msg("Clarithromycin"), "ritonavir": msg("Ritonavir"),
+                   "cobicistat": msg("Cobicistat")}
 
 
 def _is_hs(v):
@@ -29,8 +35,8 @@ def _strong_cyp3a4(v):
     name = v["drug_name"].lower()
     found = [d for d in STRONG_CYP3A4 if d in name]
     if found and v.get("cyp3a4") != "Y":
-        return (f"{found[0].capitalize()} is a strong CYP3A4 inhibitor: tick the flag, and check "
-                "the ruxolitinib dose.")
+        return msg("%(drug)s is a strong CYP3A4 inhibitor: tick the flag, and check the "
+                   "ruxolitinib dose.", drug=INHIBITOR_NAMES[found[0]])
     return None
 
 
@@ -38,7 +44,7 @@ def _stop_after_start(v):
     start, stop = v["start"], v["stop"]
     n = min(len(start), len(stop))
     if stop[:n] < start[:n]:
-        return f"The stop ({stop}) is before the start ({start})."
+        return msg("The stop (%(stop)s) is before the start (%(start)s).", stop=stop, start=start)
     return None
 
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import Choice, Date, DateTime, YesNo
+from ecrf.i18n import msg
 
 CONSENT_TYPES = (
     ("PATIENT", "The patient"),
@@ -41,11 +42,18 @@ NOT_OBTAINED = (
 #: the item holding the first consent's date and time, for each consent type
 FIRST_CONSENT = {"PATIENT": "patient_signed_at", "RELATIVE": "relative_signed_at",
                  "EMERGENCY": "emergency_at"}
-SIGNATURE_LABEL = {"PATIENT": "the patient's signature", "RELATIVE": "the relative's signature",
-                   "EMERGENCY": "the emergency inclusion"}
-TYPE_LABEL = {"PATIENT": "a consent signed by the patient",
-              "RELATIVE": "a consent signed by a relative or the trusted person",
-              "EMERGENCY": "an emergency inclusion"}
+SIGNATURE_LABEL = {"PATIENT": msg("the patient's signature"),
+                   "RELATIVE": msg("the relative's signature"),
+                   "EMERGENCY": msg("the emergency inclusion")}
+#: CONS-01's message for each consent type (one sentence each, to be translated whole)
+SIGNATURE_MISSING = {
+    "PATIENT": msg("A consent signed by the patient needs the date and time of the patient's "
+                   "signature (found none)."),
+    "RELATIVE": msg("A consent signed by a relative or the trusted person needs the date and time "
+                    "of the relative's signature (found none)."),
+    "EMERGENCY": msg("An emergency inclusion needs the date and time of the emergency inclusion "
+                     "(found none)."),
+}
 
 
 def _type_is(*types: str):
@@ -71,16 +79,16 @@ def _when(value) -> str:
 def _signature_of_the_type(v):
     kind = v["consent_type"]
     if v.get(FIRST_CONSENT[kind]) is None:
-        return (f"{TYPE_LABEL[kind].capitalize()} needs the date and time of "
-                f"{SIGNATURE_LABEL[kind]} (found none).")
+        return SIGNATURE_MISSING[kind]
     return None
 
 
 def _continuation_after_first_consent(v):
     first = _first_consent(v)
     if first is not None and v["continuation_at"] < first:
-        return (f"The patient's continuation consent ({_when(v['continuation_at'])}) cannot be "
-                f"before {SIGNATURE_LABEL[v['consent_type']]} ({_when(first)}).")
+        return msg("The patient's continuation consent (%(continuation)s) cannot be before "
+                   "%(signature)s (%(first)s).", continuation=_when(v["continuation_at"]),
+                   signature=SIGNATURE_LABEL[v["consent_type"]], first=_when(first))
     return None
 
 
@@ -93,8 +101,8 @@ def _withdrawal_after_consent(v, context):
     tz = context.subject.site.timezone if context is not None else "UTC"
     consented_on = first.astimezone(ZoneInfo(tz)).date()
     if v["withdrawal_date"] < consented_on:
-        return (f"Consent cannot be withdrawn ({v['withdrawal_date']}) before it was given "
-                f"({consented_on}).")
+        return msg("Consent cannot be withdrawn (%(withdrawn)s) before it was given "
+                   "(%(consented)s).", withdrawn=v["withdrawal_date"], consented=consented_on)
     return None
 
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import Choice, Date, DateTime, PartialDate, Text, YesNo
+from ecrf.i18n import msg
 from ecrf.study import settings
 
 TEST_TYPES = (("SERUM", "Serum"), ("URINE", "Urine"))
@@ -85,31 +86,33 @@ def _method_kept_after_last_dose(v, context):
         return None
     needed = max(doses) + timedelta(days=settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE)
     if v["method_stop"] < needed:
-        return (f"The method stopped on {v['method_stop']}: it must be kept until {needed}, "
-                f"{settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE} day(s) after the last dose "
-                f"({max(doses)}).")
+        return msg("The method stopped on %(stopped)s: it must be kept until %(needed)s, "
+                   "%(days)s day(s) after the last dose (%(last)s).", stopped=v["method_stop"],
+                   needed=needed, days=settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE,
+                   last=max(doses))
     return None
 
 
 def _test_needed(v, context):
     if v["pregnancy_test"] == "N" and _wocbp(context):
-        return ("A woman of childbearing potential (demographics) is included only after a "
-                "negative pregnancy test before the first dose (I6); found no test.")
+        return msg("A woman of childbearing potential (demographics) is included only after a "
+                   "negative pregnancy test before the first dose (I6); found no test.")
     return None
 
 
 def _positive_test(v):
     if v["pregnancy_test_result"] == "POS":
-        return ("The pregnancy test before the first dose is positive: a pregnant woman cannot be "
-                "included (exclusion E2). Confirm the result.")
+        return msg("The pregnancy test before the first dose is positive: a pregnant woman cannot "
+                   "be included (exclusion E2). Confirm the result.")
     return None
 
 
 def _method_needed(v, context):
     if v["contraception_used"] == "N" and _wocbp(context):
         days = settings.CONTRACEPTION_DAYS_AFTER_LAST_DOSE
-        return ("A woman of childbearing potential (demographics) needs a highly effective method "
-                f"from the first dose to {days} day(s) after the last (I6); found none.")
+        return msg("A woman of childbearing potential (demographics) needs a highly effective "
+                   "method from the first dose to %(days)s day(s) after the last (I6); found none.",
+                   days=days)
     return None
 
 
@@ -120,28 +123,30 @@ def _test_timing(v, context):
     tested = _local_date(v["pregnancy_test_at"], context)
     most = settings.PREGNANCY_TEST_MAX_DAYS_BEFORE_INCLUSION
     if tested > included:
-        return (f"The pregnancy test ({tested}) is after the inclusion ({included}): it must come "
-                "before the first dose.")
+        return msg("The pregnancy test (%(tested)s) is after the inclusion (%(included)s): it must "
+                   "come before the first dose.", tested=tested, included=included)
     if (included - tested).days > most:
-        return (f"The pregnancy test ({tested}) is {(included - tested).days} days before the "
-                f"inclusion ({included}); it is expected at most {most} days before.")
+        return msg("The pregnancy test (%(tested)s) is %(days)s days before the inclusion "
+                   "(%(included)s); it is expected at most %(most)s days before.", tested=tested,
+                   days=(included - tested).days, included=included, most=most)
     return None
 
 
 def _method_started_by_inclusion(v, context):
     included = _inclusion(context)
     if included is not None and _after(v["method_start"], included):
-        return (f"The method started on {v['method_start']}, after the inclusion ({included}): it "
-                "must be in place from the first dose.")
+        return msg("The method started on %(started)s, after the inclusion (%(included)s): it "
+                   "must be in place from the first dose.", started=v["method_start"],
+                   included=included)
     return None
 
 
 def _pregnancy_during_the_study(v, context):
     included = _inclusion(context)
     if included is not None and v["pregnancy_known_date"] < included:
-        return (f"The pregnancy was known on {v['pregnancy_known_date']}, before the inclusion "
-                f"({included}): a pregnancy at inclusion is exclusion E2, not a pregnancy during "
-                "the study.")
+        return msg("The pregnancy was known on %(known)s, before the inclusion (%(included)s): a "
+                   "pregnancy at inclusion is exclusion E2, not a pregnancy during the study.",
+                   known=v["pregnancy_known_date"], included=included)
     return None
 
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import Choice, Date, DecimalNumber, Integer, Text, YesNo
+from ecrf.i18n import msg
 from ecrf.study import settings
 
 SEXES = (("M", "Male"), ("F", "Female"))
@@ -40,8 +41,8 @@ def _is(key: str, code: str):
 
 def _adult(v):
     if v["age"] <= settings.MINIMUM_AGE_YEARS:
-        return (f"The protocol includes adults older than {settings.MINIMUM_AGE_YEARS} years "
-                f"(inclusion criterion I1); found {v['age']}.")
+        return msg("The protocol includes adults older than %(minimum)s years (inclusion "
+                   "criterion I1); found %(age)s.", minimum=settings.MINIMUM_AGE_YEARS, age=v["age"])
     return None
 
 

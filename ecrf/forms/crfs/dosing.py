@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import Choice, Date, DecimalNumber, Integer, Text, Time, YesNo
+from ecrf.i18n import msg
 from ecrf.study import settings
 
 SLOTS = (("AM", "Morning"), ("PM", "Evening"))
@@ -41,26 +42,40 @@ def _stopped(v):
     return v.get("status") == "STOPPED"
 
 
+#: DOSE-01's messages by status (one sentence each, to be translated whole)
+REASON_MISSING = {
+    "REDUCED": msg("The dose is reduced: give the reason."),
+    "INCREASED": msg("The dose is increased: give the reason."),
+    "INTERRUPTED": msg("The dose is interrupted: give the reason."),
+    "STOPPED": msg("The dose is stopped: give the reason."),
+}
+NOT_GIVEN = {
+    "PLANNED": msg("A dose not given is interrupted or permanently stopped, not planned."),
+    "REDUCED": msg("A dose not given is interrupted or permanently stopped, not reduced."),
+    "INCREASED": msg("A dose not given is interrupted or permanently stopped, not increased."),
+}
+
+
 def _reason_needed(v):
     if _not_as_planned(v) and v.get("reason") is None:
-        return f"The dose is {v['status'].lower()}: give the reason."
+        return REASON_MISSING[v["status"]]
     if v.get("given") == "N" and v["status"] not in ("INTERRUPTED", "STOPPED"):
-        return "A dose not given is interrupted or permanently stopped, not " \
-               f"{v['status'].lower()}."
+        return NOT_GIVEN[v["status"]]
     return None
 
 
 def _ae_link(v):
     if v.get("reason") == "AE" and v.get("ae_number") is None:
-        return "The reason is an adverse event: give its number (AE #)."
+        return msg("The reason is an adverse event: give its number (AE #).")
     return None
 
 
 def _tablets_match(v):
     total = Decimal(v["tablet_strength"]) * v["tablets"]
     if total != v["dose_mg"]:
-        return (f"{v['tablets']} tablet(s) of {v['tablet_strength']} mg make {total} mg, "
-                f"not {v['dose_mg']} mg.")
+        return msg("%(tablets)s tablet(s) of %(strength)s mg make %(total)s mg, not %(dose)s mg.",
+                   tablets=v["tablets"], strength=v["tablet_strength"], total=total,
+                   dose=v["dose_mg"])
     return None
 
 
@@ -68,18 +83,22 @@ def _dose_vs_plan(v):
     planned = Decimal(settings.PLANNED_DOSE_MG)
     status, dose = v["status"], v["dose_mg"]
     if status == "PLANNED" and dose != planned:
-        return f"{dose} mg is not the planned {planned} mg: say it is reduced or increased."
+        return msg("%(dose)s mg is not the planned %(planned)s mg: say it is reduced or "
+                   "increased.", dose=dose, planned=planned)
     if status == "REDUCED" and dose >= planned:
-        return f"A reduced dose is below the planned {planned} mg; found {dose} mg."
+        return msg("A reduced dose is below the planned %(planned)s mg; found %(dose)s mg.",
+                   planned=planned, dose=dose)
     if status == "INCREASED" and dose <= planned:
-        return f"An increased dose is above the planned {planned} mg; found {dose} mg."
+        return msg("An increased dose is above the planned %(planned)s mg; found %(dose)s mg.",
+                   planned=planned, dose=dose)
     return None
 
 
 def _ae_exists(v, context):
     numbers = {i.form_repeat for i, _ in context.all_values("adverse_event")}
     if v["ae_number"] not in numbers:
-        return f"There is no adverse event #{v['ae_number']} for this subject."
+        return msg("There is no adverse event #%(number)s for this subject.",
+                   number=v["ae_number"])
     return None
 
 
@@ -89,8 +108,8 @@ def _not_after_discontinuation(v, context):
     for _, other in context.all_values("dosing"):
         stopped = other.get("stop_date") if other.get("status") == "STOPPED" else None
         if stopped is not None and v["dose_date"] > stopped:
-            return (f"Ruxolitinib was permanently stopped on {stopped}: no dose can be given "
-                    f"on {v['dose_date']}.")
+            return msg("Ruxolitinib was permanently stopped on %(stopped)s: no dose can be given "
+                       "on %(day)s.", stopped=stopped, day=v["dose_date"])
     return None
 
 
@@ -103,20 +122,24 @@ def _contraception_covers(v, context):
     start, stop = method.get("method_start"), method.get("method_stop")
     day = v["dose_date"]
     if method.get("contraception_used") != "Y" or start is None:
-        return ("No highly effective contraception is recorded for this woman of childbearing "
-                "potential (contraception form): confirm, and check before giving the dose.")
+        return msg("No highly effective contraception is recorded for this woman of "
+                   "childbearing potential (contraception form): confirm, and check before giving "
+                   "the dose.")
     if start > day.isoformat()[:len(start)] or (stop is not None and stop < day):
-        return (f"The contraception recorded ({start} to {stop or 'ongoing'}) does not cover "
-                f"the dose of {day}.")
+        if not stop:
+            return msg("The contraception recorded (%(start)s to ongoing) does not cover the dose "
+                       "of %(day)s.", start=start, day=day)
+        return msg("The contraception recorded (%(start)s to %(stop)s) does not cover the dose of "
+                   "%(day)s.", start=start, stop=stop, day=day)
     return None
 
 
 def _not_before_inclusion(v, context):
     d0 = context.subject.inclusion_date
     if d0 is None:
-        return "No dose can be recorded before the subject is included."
+        return msg("No dose can be recorded before the subject is included.")
     if v["dose_date"] < d0:
-        return f"A dose on {v['dose_date']} is before inclusion on {d0}."
+        return msg("A dose on %(day)s is before inclusion on %(d0)s.", day=v["dose_date"], d0=d0)
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import Choice, Date, DateTime, Text, YesNo
+from ecrf.i18n import msg
 
 VITAL = (("ALIVE", "Alive"), ("DEAD", "Dead"), ("UNKNOWN", "Unknown (lost to follow-up)"))
 TERMINATION = (("COMPLETED", "Completed the follow-up"), ("DEATH", "Death"),
@@ -22,29 +23,28 @@ def _early(v):
 
 def _dates_in_order(v):
     if v["hospital_discharge"] < v["icu_discharge"].date():
-        return (f"Hospital discharge ({v['hospital_discharge']}) is before ICU discharge "
-                f"({v['icu_discharge'].date()}).")
+        return msg("Hospital discharge (%(hospital)s) is before ICU discharge (%(icu)s).",
+                   hospital=v["hospital_discharge"], icu=v["icu_discharge"].date())
     return None
 
 
 def _death_after_discharge(v):
-    death = v.get("death_date")
-    for key, label in (("icu_discharge", "ICU discharge"),):
-        value = v.get(key)
-        if death is not None and value is not None and death < value.date():
-            return f"The death ({death}) is before the {label} ({value.date()})."
+    death, discharge = v.get("death_date"), v.get("icu_discharge")
+    if death is not None and discharge is not None and death < discharge.date():
+        return msg("The death (%(death)s) is before the ICU discharge (%(discharge)s).",
+                   death=death, discharge=discharge.date())
     return None
 
 
 def _death_needs_date(v):
     if _dead(v) and v.get("death_date") is None:
-        return "The patient died: give the date of death."
+        return msg("The patient died: give the date of death.")
     return None
 
 
 def _alive_at_d90_after_death(v):
     if v["vital_d28"] == "DEAD" and v["vital_d90"] == "ALIVE":
-        return "Dead at D28 cannot be alive at D90."
+        return msg("Dead at D28 cannot be alive at D90.")
     return None
 
 

@@ -23,6 +23,7 @@ from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import Choice, Date, DecimalNumber, Integer, Text, YesNo
+from ecrf.i18n import msg
 from ecrf.scores import Hlh2004, HScore, Status, hlh2004, hscore
 from ecrf.scores.hlh2004 import (
     CYTOPENIC_LINEAGES_NEEDED,
@@ -116,14 +117,15 @@ def _hscore_probability(v):
 
 def _marrow_date_needed(v):
     if marrow_done(v) and v.get("marrow_date") is None:
-        return "The bone-marrow aspirate was done: give its date (found no date)."
+        return msg("The bone-marrow aspirate was done: give its date (found no date).")
     return None
 
 
 def _neutrophils_within_leukocytes(v):
     if v["neutrophils"] > v["leukocytes"]:
-        return (f"Neutrophils ({v['neutrophils']}) cannot exceed leukocytes ({v['leukocytes']}) "
-                "×10^9/L: check both values.")
+        return msg("Neutrophils (%(neutrophils)s) cannot exceed leukocytes (%(leukocytes)s) "
+                   "×10^9/L: check both values.", neutrophils=v["neutrophils"],
+                   leukocytes=v["leukocytes"])
     return None
 
 
@@ -133,9 +135,11 @@ def _as_on_medical_history(v, context):
     history = context.values("medical_history")
     recorded = None if history is None else history.get("immunosuppression")
     if recorded in ("Y", "N") and recorded != v["immunosuppression"]:
-        said = {"Y": "yes", "N": "no"}
-        return (f"Known immunosuppression is '{said[v['immunosuppression']]}' here but "
-                f"'{said[recorded]}' on the medical history form: the two should agree.")
+        if recorded == "N":
+            return msg("Known immunosuppression is 'yes' here but 'no' on the medical history "
+                       "form: the two should agree.")
+        return msg("Known immunosuppression is 'no' here but 'yes' on the medical history form: "
+                   "the two should agree.")
     return None
 
 

@@ -7,13 +7,15 @@ from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import DateTime, DecimalNumber, Integer
+from ecrf.i18n import msg
 
 D = Decimal
 
 
 def _anc_below_wbc(v):
     if v["anc"] > v["wbc"]:
-        return f"Neutrophils ({v['anc']}) cannot exceed leukocytes ({v['wbc']})."
+        return msg("Neutrophils (%(anc)s) cannot exceed leukocytes (%(wbc)s).", anc=v["anc"],
+                   wbc=v["wbc"])
     return None
 
 

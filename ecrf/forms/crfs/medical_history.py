@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import DateTime, MultiChoice, Text, YesNo
+from ecrf.i18n import Message, msg
 
 IMMUNOSUPPRESSION = (
     ("HIV", "HIV infection"),
@@ -48,8 +49,11 @@ def _a_cause_is_named(v) -> bool:
 
 def _idiopathic_alone(v):
     if "IDIOPATHIC" in v["etiology"] and len(v["etiology"]) > 1:
-        others = ", ".join(dict(ETIOLOGIES)[c] for c in v["etiology"] if c != "IDIOPATHIC")
-        return f"Idiopathic means no cause was found: it cannot go with {others}."
+        # the codelist's labels, translated where shown (the CRF extractor puts them in the catalog)
+        others = Message.join(", ", (Message(dict(ETIOLOGIES)[c], {}) for c in v["etiology"]
+                                     if c != "IDIOPATHIC"))
+        return msg("Idiopathic means no cause was found: it cannot go with %(others)s.",
+                   others=others)
     return None
 
 
@@ -60,8 +64,9 @@ def _admitted_by_inclusion(v, context):
         return None
     admitted = v["icu_admission_at"].astimezone(ZoneInfo(context.subject.site.timezone)).date()
     if admitted > included:
-        return (f"The ICU admission ({admitted}) is after the inclusion ({included}): the patient "
-                "must be in the ICU when included (I3).")
+        return msg("The ICU admission (%(admitted)s) is after the inclusion (%(included)s): the "
+                   "patient must be in the ICU when included (I3).", admitted=admitted,
+                   included=included)
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ecrf.forms.definition import CRF, Check, Group, Item
 from ecrf.forms.items import Choice, DateTime
+from ecrf.i18n import msg
 
 SUPPORTS = (("IMV", "Invasive mechanical ventilation"), ("NIV", "Non-invasive ventilation"),
             ("VASOPRESSOR", "Vasopressors"), ("RRT", "Renal replacement therapy"),
@@ -13,7 +14,8 @@ SUPPORTS = (("IMV", "Invasive mechanical ventilation"), ("NIV", "Non-invasive ve
 
 def _stop_after_start(v):
     if v["stopped_at"] < v["started_at"]:
-        return f"The stop ({v['stopped_at']:%Y-%m-%d %H:%M}) is before the start."
+        return msg("The stop (%(stopped)s) is before the start.",
+                   stopped=f"{v['stopped_at']:%Y-%m-%d %H:%M}")
     return None
 
 

@@ -7,10 +7,12 @@ units, with the unit stored. The P/F ratio, the six components and the total are
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from ecrf.forms.definition import CRF, Check, Group, Item, Range
 from ecrf.forms.items import Choice, DecimalNumber, Integer, YesNo
+from ecrf.i18n import Message, msg
 from ecrf.scores import pao2_fio2_ratio, sofa
 
 PAO2_UNITS = (("mmHg", "mmHg"), ("kPa", "kPa"))
@@ -55,17 +57,60 @@ def _total(v):
     return None if len(score.missing) == 6 else score.total
 
 
+#: the reason ``pao2_fio2_ratio`` gives for an FiO2 outside 0.21-1.0 once converted
+_FIO2_OUT_OF_RANGE = re.compile(
+    r"FiO2 must be between (?P<low>\S+) and (?P<high>\S+) \(21-100 %; room air is 0\.21\), "
+    r"got (?P<value>.+) (?P<unit>%|fraction) = (?P<fraction>\S+) as a fraction(?P<hint>.*)",
+    re.DOTALL)
+_DECIMAL_REPR = re.compile(r"Decimal\('(?P<number>[^']*)'\)")
+
+
+def _fio2_message(error: ValueError) -> Message | None:
+    """SOFA-01's message for the one reason a user can meet through the form (the units are
+    codelists and the PaO2 is positive): an FiO2 outside 0.21-1.0 once converted. The score library
+    states it in English for developers; it is rebuilt here as messages to translate."""
+    found = _FIO2_OUT_OF_RANGE.fullmatch(str(error))
+    if found is None:
+        return None
+    value: str = found["value"]
+    decimal = _DECIMAL_REPR.fullmatch(value)
+    if decimal is not None:  # the value as Python writes it: the number alone once translated
+        value = msg("Decimal('%(number)s')", number=decimal["number"])
+    params = {"low": found["low"], "high": found["high"], "value": value, "unit": found["unit"],
+              "fraction": found["fraction"]}
+    hint = found["hint"]
+    if hint == "":
+        return msg("PaO2/FiO2 cannot be computed: FiO2 must be between %(low)s and %(high)s "
+                   "(21-100 %%; room air is 0.21), got %(value)s %(unit)s = %(fraction)s as a "
+                   "fraction.", **params)
+    if hint == ' (a percentage entered with unit "fraction"?)':
+        return msg("PaO2/FiO2 cannot be computed: FiO2 must be between %(low)s and %(high)s "
+                   "(21-100 %%; room air is 0.21), got %(value)s %(unit)s = %(fraction)s as a "
+                   "fraction (a percentage entered with unit \"fraction\"?).", **params)
+    if hint == ' (a fraction entered with unit "%"?)':
+        return msg("PaO2/FiO2 cannot be computed: FiO2 must be between %(low)s and %(high)s "
+                   "(21-100 %%; room air is 0.21), got %(value)s %(unit)s = %(fraction)s as a "
+                   "fraction (a fraction entered with unit \"%%\"?).", **params)
+    return None
+
+
 def _fio2_plausible(v):
     try:
         pao2_fio2_ratio(v["pao2"], v["pao2_unit"], v["fio2"], v["fio2_unit"])
     except ValueError as e:
-        return f"PaO2/FiO2 cannot be computed: {e}."
+        message = _fio2_message(e)
+        if message is not None and str(message) == f"PaO2/FiO2 cannot be computed: {e}.":
+            return message
+        # any other reason: the library's own (English) words, as they always were
+        return msg("PaO2/FiO2 cannot be computed: %(reason)s.", reason=str(e))
     return None
 
 
-def _unit_needed(value_key: str, unit_key: str, label: str):
+def _unit_needed(value_key: str, unit_key: str, label: Message):
     def rule(v):
-        return None if v.get(unit_key) else f"Give the unit of the {label} ({v[value_key]})."
+        if v.get(unit_key):
+            return None
+        return msg("Give the unit of the %(label)s (%(value)s).", label=label, value=v[value_key])
     return rule
 
 
@@ -75,8 +120,8 @@ def _needs_support_type(v):
     except ValueError:
         return None  # SOFA-01 explains an impossible FiO2
     if ratio is not None and ratio < 200 and v.get("resp_support") is None:
-        return (f"P/F ratio is {ratio} (below 200): say which respiratory support the patient had, "
-                "it decides the respiration score.")
+        return msg("P/F ratio is %(ratio)s (below 200): say which respiratory support the patient "
+                   "had, it decides the respiration score.", ratio=ratio)
     return None
 
 
@@ -155,12 +200,12 @@ DEFINITION = CRF(
     ),
     checks=(
         Check("SOFA-01", "hard", ("pao2", "pao2_unit", "fio2", "fio2_unit"), _fio2_plausible),
-        Check("SOFA-02", "hard", ("pao2",), _unit_needed("pao2", "pao2_unit", "PaO2")),
-        Check("SOFA-03", "hard", ("fio2",), _unit_needed("fio2", "fio2_unit", "FiO2")),
+        Check("SOFA-02", "hard", ("pao2",), _unit_needed("pao2", "pao2_unit", msg("PaO2"))),
+        Check("SOFA-03", "hard", ("fio2",), _unit_needed("fio2", "fio2_unit", msg("FiO2"))),
         Check("SOFA-04", "hard", ("bilirubin",),
-              _unit_needed("bilirubin", "bilirubin_unit", "bilirubin")),
+              _unit_needed("bilirubin", "bilirubin_unit", msg("bilirubin"))),
         Check("SOFA-05", "hard", ("creatinine",),
-              _unit_needed("creatinine", "creatinine_unit", "creatinine")),
+              _unit_needed("creatinine", "creatinine_unit", msg("creatinine"))),
         Check("SOFA-06", "soft", ("pao2", "fio2"), _needs_support_type),
     ),
 )
