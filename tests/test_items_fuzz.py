@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -73,3 +74,9 @@ def test_a_random_form_is_saved_whole_or_not_at_all(make, db, values):
             assert stored >= 1
     finally:
         db.session.rollback()
+
+
+@pytest.mark.parametrize("raw", ["[", "[1, 2]", '{"a": 1}', "[null]"])
+def test_a_malformed_list_of_answers_is_explained_not_a_crash(raw):
+    with pytest.raises(ItemValueError, match="Choose among the listed answers"):
+        MultiChoice((("A", "a"), ("B", "b"))).parse(raw)

@@ -263,7 +263,18 @@ class MultiChoice(Choice):
     name: ClassVar[str] = "multi_choice"
 
     def parse(self, raw) -> list[str]:
-        values = raw if isinstance(raw, list) else json.loads(raw) if raw.startswith("[") else [raw]
+        if isinstance(raw, list):
+            values = raw
+        elif raw.startswith("["):  # the stored form, a JSON list (CLI, loaders)
+            try:
+                values = json.loads(raw)
+            except ValueError:
+                values = None
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ItemValueError(_("Choose among the listed answers; found %(found)s.",
+                                       found=repr(raw)))
+        else:
+            values = [raw]
         codes = [c for c, _ in self.codelist]
         unknown = [v for v in values if v not in codes]
         if unknown:
