@@ -139,3 +139,13 @@ def test_deactivation_ends_the_users_open_sessions(make, login, client, runner, 
     assert client.get("/").status_code == 200
     assert runner.invoke(args=["users", "deactivate", "kay", "--as", "root"]).exit_code == 0
     assert client.get("/").status_code == 302
+
+
+def test_a_reason_other_without_explanation_is_refused_with_a_message(make, login_as, client, db):
+    target = make.user("tom", role="monitor", site="01")
+    login_as("admin")
+    response = client.post(f"/admin/users/{target.id}/deactivate",
+                           data={"reason_code": "other", "reason_text": "  "}, follow_redirects=True)
+    assert response.status_code in (200, 400)
+    assert "Explain the reason when it is &#39;Other&#39;." in response.get_data(as_text=True)
+    assert db.session.get(type(target), target.id).is_active

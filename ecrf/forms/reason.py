@@ -3,7 +3,7 @@
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from wtforms import SelectField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, Length, ValidationError
 
 from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.forms.choices import choices
@@ -18,7 +18,7 @@ class ReasonFields:
 
     def validate_reason_text(self, field):
         if self.reason_code.data == "other" and not (field.data or "").strip():
-            raise ValueError(_("Explain the reason when it is 'Other'."))
+            raise ValidationError(_("Explain the reason when it is 'Other'."))
 
     def reason(self) -> Reason:
         return Reason(self.reason_code.data, (self.reason_text.data or "").strip())
