@@ -114,10 +114,18 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.closure import bp as closure_bp
     from ecrf.i18n import bp as i18n_bp
     from ecrf.main import bp as main_bp
+    from ecrf.sdv import bp as sdv_bp
     from ecrf.subjects import bp as subjects_bp
 
     for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp, closure_bp):
         app.register_blueprint(bp)
+    app.register_blueprint(sdv_bp)
+    from ecrf.signatures import bp as signatures_bp
+
+    app.register_blueprint(signatures_bp)
+    from ecrf.queries import bp as queries_bp
+
+    app.register_blueprint(queries_bp)
     from ecrf.access.decorators import public
 
     public(app.view_functions["static"])

@@ -31,6 +31,7 @@ USERS = [
     ("investigator", "DEMO Investigator (site 01)", "investigator", "01"),
     ("investigator02", "DEMO Investigator (site 02)", "investigator", "02"),
     ("monitor", "DEMO Monitor (site 01)", "monitor", "01"),
+    ("monitor02", "DEMO Monitor (site 02)", "monitor", "02"),
     ("datamanager", "DEMO Data Manager", "data_manager", None),
     ("auditor", "DEMO Auditor", "auditor", None),
     ("admin", "DEMO Administrator", "admin", None),
@@ -68,12 +69,14 @@ def load_demo(n_subjects: int | None, *, echo=print, seed: int = 2026) -> None:
                                                 email=f"{username}@demo.invalid",
                                                 password=password)
             access_services.grant_role(actor, user, role, sites.get(site_code))
+        _delegate(actor, sites)
         echo("DEMO study loaded: sites 01 and 02, one user per role.")
         n_subjects = 10 if n_subjects is None else n_subjects
     else:
         echo("DEMO study already loaded.")
     if n_subjects:
         add_subjects(actor, n_subjects, seed=seed)
+        review_work(password, seed=seed)
     echo_logins(echo, password)
 
 
@@ -267,6 +270,84 @@ def fill_follow_up(actor: Actor, subject, rng: random.Random) -> None:
             "died": "Y", "vital_d28": "DEAD", "vital_d90": "DEAD", "death_date": str(death),
             "death_cause": "Refractory multiple organ failure", "completed": "N",
             "termination_reason": "DEATH"}, null_flavors={"hospital_discharge": ("NA", "")})
+
+
+# --- review work ------------------------------------------------------------------------------
+
+
+def _delegate(actor: Actor, sites: dict) -> None:
+    """Each site's investigator is its principal investigator in the delegation log."""
+    from ecrf.review import delegation
+
+    dm = _demo_actor("datamanager", "delegation.manage")
+    for username, site_code in (("investigator", "01"), ("investigator02", "02")):
+        site = sites[site_code]
+        delegation.add_entry(dm, site, auth_services.get_user(username), "pi",
+                             delegation.site_today(site))
+
+
+def _demo_actor(username: str, permission: str, site_id: int | None = None) -> Actor:
+    from ecrf.access.grants import Access
+
+    return Access.for_user(auth_services.get_user(username), permission).actor(site_id)
+
+
+QUESTIONS = ("Please check this value against the source document.",
+             "The value differs from the ICU chart: please confirm or correct.",
+             "Is this the worst value of the day?")
+ANSWERS = ("Checked against the source: the value is correct.",
+           "Confirmed with the ICU chart.")
+
+
+def review_work(password: str, *, seed: int) -> None:
+    """What monitors, investigators and the data manager do with new data, through the same
+    services as their pages: queries raised, answered and closed, a share of items verified,
+    and casebooks signed by the principal investigators once ready."""
+    from ecrf.casebook.models import FormInstance, FormStatus
+    from ecrf.review import queries, sdv, signatures
+    from ecrf.study.models import Subject
+
+    rng = random.Random(seed + 1)
+    followed = list(db.session.scalars(sa.select(Subject).where(
+        Subject.inclusion_date.is_not(None)).order_by(Subject.code)))
+    visits = [v.key for v in current_app.extensions["ecrf.registry"].schedule.visits
+              if v.day is not None]
+    monitors = {"01": "monitor", "02": "monitor02"}
+    investigators = {"01": "investigator", "02": "investigator02"}
+    with click.progressbar(followed, label="Reviewing the synthetic casebooks",
+                           show_pos=True) as bar:
+        for subject in bar:
+            site_code = subject.site.code
+            monitor = _demo_actor(monitors[site_code], "query.manage", subject.site_id)
+            forms = [f for f in db.session.scalars(sa.select(FormInstance).where(
+                FormInstance.subject_id == subject.id).order_by(FormInstance.id))
+                if f.status == FormStatus.COMPLETE.value]
+            if forms and rng.random() < 0.5:
+                instance = rng.choice(forms)
+                items = [v.item_key for v in instance.values]
+                query = queries.raise_query(monitor, instance, rng.choice(items) if items else None,
+                                            rng.choice(QUESTIONS))
+                roll = rng.random()
+                if roll < 0.7:
+                    investigator = _demo_actor(investigators[site_code], "query.answer",
+                                               subject.site_id)
+                    queries.answer(investigator, query, rng.choice(ANSWERS))
+                    if roll < 0.5:
+                        queries.close(monitor, query, "Thank you.")
+            if rng.random() < 0.6:
+                verifier = _demo_actor(monitors[site_code], "sdv.verify", subject.site_id)
+                required = [i for i in sdv.items_of(subject) if i.required]
+                share = required[: max(1, int(len(required) * rng.uniform(0.3, 1.0)))]
+                if share:
+                    sdv.verify(verifier, subject, share)
+            if rng.random() < 0.5:  # the investigator signs the first visit ready for it
+                signer = auth_services.get_user(investigators[site_code])
+                for visit in visits:
+                    scope = signatures.SignScope.visit(visit)
+                    if signatures.readiness(subject, scope).ready:
+                        signatures.sign(signer, subject, scope, username=signer.username,
+                                        password=password)
+                        break
 
 
 def echo_logins(echo, password: str) -> None:

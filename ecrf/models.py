@@ -5,7 +5,10 @@ from ecrf.audit import capture
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
 from ecrf.casebook.models import FormInstance, ItemValue, Submission
-from ecrf.review import closure  # noqa: F401  (registers the freeze/lock rule)
+from ecrf.review import (
+    closure,  # noqa: F401  (registers the freeze/lock rule)
+    sdv,  # noqa: F401  (registers the clear-on-change rule)
+)
 from ecrf.review.models import (
     ClosureState,
     DelegationEntry,

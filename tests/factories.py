@@ -60,3 +60,12 @@ def audit_rows(**filters) -> list[AuditRecord]:
     for key, value in filters.items():
         stmt = stmt.where(getattr(AuditRecord, key) == value)
     return list(db.session.scalars(stmt))
+
+
+def without_csrf_token(response) -> str:
+    """A page without its CSRF token values: a token carries the second it was signed, so two
+    otherwise identical pages may differ there."""
+    import re
+
+    return re.sub(r'name="csrf_token" value="[^"]*"', 'name="csrf_token" value=""',
+                  response.get_data(as_text=True))

@@ -35,9 +35,10 @@ from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.database import utcnow
 from ecrf.extensions import db as _db
 from ecrf.review import closure
-from ecrf.review.models import ClosureState
+from ecrf.review.delegation import site_today
+from ecrf.review.models import ClosureState, DelegationEntry
 from ecrf.study.models import ScreeningEntry, Site, Subject
-from tests.factories import PASSWORD, audit_rows
+from tests.factories import PASSWORD, audit_rows, without_csrf_token
 
 RULE_KINDS = {"public", "authenticated", "permission"}
 
@@ -213,6 +214,7 @@ CALLS: dict[tuple[str, str], Call] = {
             ScreeningEntry.site_id == w.sites[OTHER_SITE].id)),
         on_site=OTHER_SITE),
     ("GET", "main.missing_forms"): Call(),
+    ("GET", "main.sign_off"): Call(),
     # freeze and lock: site 02 is open, site 03 (not yet activated) frozen and locked
     ("GET", "closure.overview"): Call(),
     ("POST", "closure.freeze"): Call(
@@ -229,12 +231,103 @@ CALLS: dict[tuple[str, str], Call] = {
         302, lambda w: "/closure",
         lambda w: {"level": "site", "site": str(w.new_site.id), "reason_text": "access walk"},
         effect=lambda w: _closure_flags(f"site:{w.new_site.id}")),
+    # source data verification: the site 01 monitor verifies nothing on site 02's form (404)
+    ("GET", "sdv.backlog"): Call(),
+    ("GET", "sdv.plan"): Call(),
+    ("POST", "sdv.set_plan"): Call(
+        302, lambda w: "/sdv/plan", lambda w: {"mode": "percentage", "percentage": "25"},
+        effect=lambda w: _sdv_plan()),
+    ("POST", "sdv.verify_form"): Call(
+        302, lambda w: w.form_page, lambda w: {"item": "weight"},
+        effect=lambda w: _sdv_verified(), on_site=OTHER_SITE),
+    ("POST", "sdv.unverify"): Call(
+        302, lambda w: w.form_page, lambda w: {"item": "weight", "reason_text": "access walk"},
+        effect=lambda w: _sdv_verified(), on_site=OTHER_SITE),
+    ("POST", "sdv.verify_visit"): Call(
+        302, lambda w: f"/subjects/{w.subjects[OTHER_SITE].code}/casebook",
+        effect=lambda w: _sdv_verified(), on_site=OTHER_SITE),
+    ("POST", "sdv.verify_subject"): Call(
+        302, lambda w: f"/subjects/{w.subjects[OTHER_SITE].code}/casebook",
+        effect=lambda w: _sdv_verified(), on_site=OTHER_SITE),
+    # signatures: site 02's visit D1 made complete, the walker on the log when they may be
+    ("GET", "signatures.sign_casebook"): Call(on_site=OTHER_SITE),
+    ("POST", "signatures.sign_casebook"): Call(
+        302, lambda w: f"/subjects/{w.subjects[OTHER_SITE].code}/casebook", lambda w: _signing(w),
+        effect=lambda w: _signatures(), on_site=OTHER_SITE),
+    ("GET", "signatures.sign_visit"): Call(on_site=OTHER_SITE),
+    ("POST", "signatures.sign_visit"): Call(
+        302, lambda w: f"/subjects/{w.subjects[OTHER_SITE].code}/casebook", lambda w: _signing(w),
+        effect=lambda w: _signatures(), on_site=OTHER_SITE),
+    # delegation logs: site 03's log gets a line, a line of site 02 is ended
+    ("GET", "signatures.delegation_sites"): Call(),
+    ("GET", "signatures.delegation_log"): Call(),
+    ("POST", "signatures.add_delegation"): Call(
+        302, lambda w: f"/delegation/sites/{w.new_site.id}", lambda w: _new_delegation_line(w),
+        effect=lambda w: _count(sa.select(DelegationEntry.id).where(
+            DelegationEntry.site_id == w.new_site.id))),
+    ("POST", "signatures.end_delegation"): Call(
+        302, lambda w: f"/delegation/sites/{w.sites[OTHER_SITE].id}",
+        lambda w: {"end_date": site_today(w.sites[OTHER_SITE]).isoformat(),
+                   "reason_code": "administrative", "reason_text": "access walk"},
+        effect=lambda w: _db.session.scalar(sa.select(DelegationEntry.end_date).where(
+            DelegationEntry.id == _delegation_line(w).id))),
 }
+
+
+def _sdv_verified():
+    from ecrf.review.models import ItemVerification
+
+    return _count(sa.select(ItemVerification.id).where(ItemVerification.verified.is_(True)))
+
+
+def _sdv_plan():
+    from ecrf.review.models import SdvPlan
+
+    return _db.session.execute(sa.select(SdvPlan.mode, SdvPlan.percentage)).first()
 
 
 def _closure_flags(scope: str):
     return _db.session.execute(sa.select(ClosureState.frozen, ClosureState.locked).where(
         ClosureState.scope == scope)).first()
+
+
+def _signatures():
+    from ecrf.review.models import Signature
+
+    return _count(sa.select(Signature.id))
+
+
+def _signing(w) -> dict:
+    """Visit D1 of site 02's subject complete (SOFA not done), the walker on site 02's log if
+    they could be (an investigator there), and the walker's own credentials."""
+    from ecrf.casebook.services import mark_not_done
+    from ecrf.review.delegation import add_entry, eligible_users
+
+    site = w.sites[OTHER_SITE]
+    mark_not_done(system_actor(), w.subjects[OTHER_SITE], "sofa_daily", Slot(TOY_VISIT), "access walk")
+    if w.holder in eligible_users(site):
+        add_entry(system_actor(), site, w.holder, "sign", site_today(site))
+    return {"meaning": "approval", "username": w.holder.username, "password": PASSWORD}
+
+
+def _new_delegation_line(w) -> dict:
+    from tests.factories import Factories
+
+    pi = Factories().user("walk-pi", role="investigator", site=w.new_site)
+    return {"user": str(pi.id), "task": "pi", "start_date": "2026-01-05"}
+
+
+def _delegation_line(w):
+    """A line of site 02's log (made once per case), for the end-a-line request."""
+    if not hasattr(w, "delegation_line"):
+        from ecrf.review.delegation import add_entry
+        from tests.factories import Factories
+
+        site = w.sites[OTHER_SITE]
+        sub = Factories().user("walk-sub", role="investigator", site=site)
+        w.delegation_line = add_entry(system_actor(), site, sub, "sign",
+                                      site_today(site) - timedelta(days=10))
+    return w.delegation_line
 
 #: URL parameters, by name, filled with real objects of the world (site 02's subject for <code>)
 URL_PARAMS: dict[str, Callable] = {
@@ -249,7 +342,67 @@ URL_PARAMS: dict[str, Callable] = {
     "form_repeat": lambda w: w.form.form_repeat,
     "item_key": lambda w: TOY_ITEM,
     "lang": lambda w: "fr",
+    "entry_id": lambda w: _delegation_line(w).id,
 }
+
+
+# --- queries: one open query on site 02's form (made once per case); closing and re-opening need
+# it answered first (done by the effect's first read, before the request)
+
+
+def _walk_query(w):
+    if not hasattr(w, "query"):
+        from ecrf.access.grants import Access
+        from ecrf.review.queries import raise_query
+        from tests.factories import Factories
+
+        manager = Factories().user("walk-query-dm", role="data_manager")
+        actor = Access.for_user(manager, "query.manage").actor(w.sites[OTHER_SITE].id)
+        w.query = raise_query(actor, w.form, TOY_ITEM, "access walk")
+    return w.query
+
+
+def _answered_walk_query(w):
+    query = _walk_query(w)
+    if not hasattr(w, "query_answered"):
+        from ecrf.access.grants import Access
+        from ecrf.review.queries import answer
+        from tests.factories import Factories
+
+        site = w.sites[OTHER_SITE]
+        investigator = Factories().user("walk-query-inv", role="investigator", site=site)
+        answer(Access.for_user(investigator, "query.answer").actor(site.id), query, "access walk")
+        w.query_answered = True
+    return query
+
+
+def _query_messages(action: str):
+    from ecrf.review.models import QueryMessage
+
+    return _count(sa.select(QueryMessage.id).where(QueryMessage.action == action))
+
+
+def _query_step(action: str, prepare=_walk_query) -> Call:
+    return Call(302, lambda w: f"/queries/{_walk_query(w).id}",
+                lambda w: {"text": "access walk"},
+                effect=lambda w: (prepare(w), _query_messages(action))[1], on_site=OTHER_SITE)
+
+
+CALLS.update({
+    ("GET", "queries.list_queries"): Call(),
+    ("GET", "queries.view_query"): Call(on_site=OTHER_SITE),
+    ("POST", "queries.raise_query"): Call(
+        302, lambda w: w.form_page, lambda w: {"item_key": TOY_ITEM, "text": "access walk"},
+        effect=lambda w: _query_messages("raise"), on_site=OTHER_SITE),
+    ("POST", "queries.answer"): _query_step("answer"),
+    ("POST", "queries.cancel"): _query_step("cancel"),
+    ("POST", "queries.close"): _query_step("close", _answered_walk_query),
+    ("POST", "queries.reopen"): _query_step("reopen", _answered_walk_query),
+})
+URL_PARAMS.update({
+    "query_id": lambda w: _walk_query(w).id,
+    "form_instance_id": lambda w: w.form.id,
+})
 
 
 def url_map_calls(app: Flask) -> list[tuple[str, str]]:
@@ -418,7 +571,7 @@ def test_a_monitor_of_site_01_gets_404_on_a_site_02_subject_page(make, login_as,
     missing = client.get(f"/subjects/{OTHER_SITE}-999")
     assert response.status_code == missing.status_code == 404
     # another site's subject looks exactly like one that does not exist
-    assert response.get_data() == missing.get_data()
+    assert without_csrf_token(response) == without_csrf_token(missing)
     assert other.code not in response.get_data(as_text=True)
     assert [r.username for r in audit_rows(action="access.denied")] == [monitor.username] * 2
     assert other.code not in client.get("/subjects/").get_data(as_text=True)

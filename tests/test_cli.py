@@ -154,3 +154,21 @@ def test_crf_values_entered_from_the_cli_get_the_same_checks_and_audit(runner, m
     monitor_refused = runner.invoke(args=["crf", "enter", subject.code, "D1", "toy_vitals",
                                           "weight=80", "--as", "nobody"])
     assert monitor_refused.exit_code != 0
+
+
+def test_the_demo_also_does_review_work_through_the_review_services(runner, db):
+    from ecrf.review.models import DelegationEntry, ItemVerification, Query, Signature
+
+    result = runner.invoke(args=["demo", "--subjects", "16"])
+    assert result.exit_code == 0, result.output
+    states = set(db.session.scalars(sa.select(Query.state)))
+    assert {"open", "answered", "closed"} & states and len(states) >= 2
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ItemVerification)) > 0
+    pis = db.session.scalars(sa.select(DelegationEntry)).all()
+    assert {(e.user.username, e.task) for e in pis} == {("investigator", "pi"), ("investigator02", "pi")}
+    signed = db.session.scalars(sa.select(Signature)).all()
+    assert signed and {s.signer.username for s in signed} <= {"investigator", "investigator02"}
+    manual = db.session.scalars(sa.select(Query).where(Query.origin == "manual")).all()
+    assert manual and {q.raised_by.username for q in manual} <= {"monitor", "monitor02"}
+    system = db.session.scalars(sa.select(Query).where(Query.origin == "system")).all()
+    assert all(q.check_id for q in system)  # soft checks the loader confirmed

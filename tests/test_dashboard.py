@@ -71,7 +71,8 @@ def test_a_screen_failure_has_no_missing_follow_up(app, make, db):
     assert subject.inclusion_date is None
 
 
-def test_open_queries_are_counted_by_age(make, db):
+def test_open_queries_on_the_home_page_link_to_the_list_with_the_same_count(make, login_as, client,
+                                                                            db):
     subject = make.included("01")
     instance = save_form(system_actor(), subject, "toy_vitals", Slot("D1"),
                          Submitted({"weight": "70", "fever": "N"})).instance
@@ -83,10 +84,13 @@ def test_open_queries_are_counted_by_age(make, db):
             db.session.add(query)
             db.session.add(QueryMessage(query=query, action="raise", text="?",
                                         author_id=system_actor().user_id))
-    assert dashboard.open_queries_by_age(None, now) == [("0-7", 1), ("8-14", 1), ("15-30", 0),
-                                                        (">30", 1)]
-    assert dashboard.open_queries_by_age({-1}, now) == [("0-7", 0), ("8-14", 0), ("15-30", 0),
-                                                        (">30", 0)]
+    login_as("monitor", site="01")
+    page = html.unescape(client.get("/").get_data(as_text=True))
+    links = dict(re.findall(r'<th scope="row">([^<]+)</th><td><a href="(/queries/[^"]+)">', page))
+    assert set(links) == {"0-7", "8-14", ">30"}
+    for label, expected in ((">30", 1), ("0-7", 1), ("8-14", 1)):
+        listed = client.get(links[label]).get_data(as_text=True)
+        assert len(set(re.findall(r'href="/queries/(\d+)"', listed))) == expected, label
 
 
 def test_the_home_page_shows_each_count_with_a_link_to_its_list(make, login_as, client, db):
@@ -101,7 +105,9 @@ def test_the_home_page_shows_each_count_with_a_link_to_its_list(make, login_as, 
     overdue = re.search(r'href="(/missing-forms\?[^"]*visit=D1[^"]*)">(\d+)</a>', page)
     listed = client.get(overdue.group(1)).get_data(as_text=True)
     assert listed.count(f">{subject.code}</a>") == int(overdue.group(2))
-    assert 'id="queries-by-age"' in page
+    for section in ("queries-by-age", "sdv-backlog", "sign-off"):
+        assert f'id="{section}"' in page, section
+    assert client.get("/sign-off").status_code == 200
 
 
 def test_an_investigator_sees_only_the_figures_of_their_site(make, login_as, client, db):

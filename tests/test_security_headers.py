@@ -279,10 +279,12 @@ def crawl(client, starts: list[str], limit: int = 1500) -> dict[str, _Page]:
 @pytest.fixture
 def study(make):
     """A subject on each site, each with a saved CRF (the toy CRF conftest adds to the schedule),
-    so that the casebook, form and item history pages are reachable."""
+    so that the casebook, form and item history pages are reachable; its weight out of the soft
+    range opens a (system) query, so that the query pages are too."""
     for code in SITES:
         saved = save_form(system_actor(), make.subject(code), "toy_vitals", Slot("D1"),
-                          Submitted({"weight": "70", "fever": "N"}))
+                          Submitted({"weight": "210", "fever": "N"}),
+                          confirmed={"TOY_VITALS-weight-RANGE"})
         assert saved.ok, saved.errors
 
 

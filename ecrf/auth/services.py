@@ -93,6 +93,35 @@ def _lock_expired(user: User) -> bool:
 # --- login, logout, sessions ---------------------------------------------------------------
 
 
+def check_password(user: User, password: str, *, purpose: str, failure_action: str) -> str | None:
+    """Why the password of this account is refused ("locked" or "wrong password"), or None.
+
+    The one password check of logins and signings (P11-200, P11-300d): a lock whose time has
+    passed is lifted; a locked account is refused whatever the password; a wrong password counts
+    toward the lockout, and the account locks at the configured number of failures in a row. Every
+    refusal is an audit record (``failure_action``), committed even though the caller fails.
+    """
+    if user.locked_at is not None and _lock_expired(user):
+        with unit_of_work(system_actor(), Reason.system("lock time passed")) as uow:
+            user.locked_at, user.failed_logins = None, 0
+            uow.record("auth.unlocked", "user", user.id, new=user.username)
+    if user.locked_at is not None:
+        with unit_of_work(system_actor(), Reason.system(f"{purpose} refused: account locked")) as uow:
+            uow.record(failure_action, "user", user.id, new=f"{user.username}: account locked")
+        return "locked"
+    if not verify_password(user.password_hash, password):
+        with unit_of_work(system_actor(), Reason.system(f"failed {purpose}")) as uow:
+            user.failed_logins += 1
+            uow.record(failure_action, "user", user.id, new=f"{user.username}: wrong password")
+            if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
+                user.locked_at = utcnow()
+                uow.record("auth.locked", "user", user.id,
+                           new=f"{user.failed_logins} failed password checks in a row "
+                               f"(the last at {purpose})")
+        return "wrong password"
+    return None
+
+
 @dataclass
 class LoginResult:
     user: User | None
@@ -115,22 +144,7 @@ def login(username: str, password: str, *, client: str | None = None,
                        new=f"username {username!r}: "
                            + ("unknown user" if user is None else "account cannot log in"))
         return fail
-    if user.locked_at is not None and _lock_expired(user):
-        with unit_of_work(system_actor(), Reason.system("lock time passed")) as uow:
-            user.locked_at, user.failed_logins = None, 0
-            uow.record("auth.unlocked", "user", user.id, new=user.username)
-    if user.locked_at is not None:
-        with unit_of_work(system_actor(), Reason.system("login refused: account locked")) as uow:
-            uow.record("auth.login_failed", "user", user.id, new=f"{username}: account locked")
-        return fail
-    if not verify_password(user.password_hash, password):
-        with unit_of_work(system_actor(), Reason.system("failed login")) as uow:
-            user.failed_logins += 1
-            uow.record("auth.login_failed", "user", user.id, new=f"{username}: wrong password")
-            if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
-                user.locked_at = utcnow()
-                uow.record("auth.locked", "user", user.id,
-                           new=f"{user.failed_logins} failed logins in a row")
+    if check_password(user, password, purpose="login", failure_action="auth.login_failed"):
         return fail
     token = secrets.token_urlsafe(32)
     with unit_of_work(Actor.of(user), Reason.system("successful login")) as uow:

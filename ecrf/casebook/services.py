@@ -27,6 +27,7 @@ from ecrf.extensions import db
 from ecrf.forms.definition import CRF, Finding, Item, visible
 from ecrf.forms.items import NULL_FLAVORS, DateTime, ItemValueError
 from ecrf.i18n import msg, tr
+from ecrf.review.models import Query
 from ecrf.study.models import Subject
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,11 @@ def _apply(item: Item, row: ItemValue, value: Any) -> None:
 def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitted: Submitted, *,
               reason: Reason | None = None, row_version: int | None = None,
               token: str | None = None, confirmed: frozenset[str] | set[str] = frozenset(),
-              context=None) -> SaveResult:
-    """Validate and save one form; see the module docstring for the outcomes."""
+              context=None, query: Query | None = None) -> SaveResult:
+    """Validate and save one form; see the module docstring for the outcomes.
+
+    ``query``: the save corrects the form in answer to this open query; the reason for change
+    names it, and the query is answered with the values changed (in the same transaction)."""
     if token:
         done = db.session.get(Submission, token)
         if done is not None:
@@ -293,6 +297,12 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     closed = refusal(subject)
     if closed is not None:  # told before anything is parsed; the flush rule holds in any case
         return SaveResult("closed", instance, errors={"_form": [tr(closed)]})
+    if query is not None:
+        from ecrf.review.queries import answer_refusal
+
+        refused = answer_refusal(actor, query, instance)
+        if refused is not None:
+            return SaveResult("invalid", instance, errors={"_form": [tr(refused)]})
     values, errors = parse(crf, submitted, subject.site.timezone)
     if errors:
         return SaveResult("invalid", instance, errors=errors)
@@ -325,8 +335,12 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     if instance is not None and new_text == old_text and instance.status == status:
         return SaveResult("unchanged", instance)
     try:
+        if query is not None:
+            from ecrf.review.queries import response_reason
+
+            reason = response_reason(query, reason)
         instance = _write(actor, subject, crf, slot, instance, values, old_text, new_text, status,
-                          reason, token, soft)
+                          reason, token, soft, query)
     except StaleDataError:
         db.session.rollback()
         current = get_instance(subject, crf_key, slot)
@@ -341,7 +355,7 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
 
 
 def _write(actor, subject, crf, slot, instance, values, old_text, new_text, status, reason, token,
-           soft) -> FormInstance:
+           soft, query=None) -> FormInstance:
     with unit_of_work(actor, reason) as uow:
         if instance is None:
             form_repeat = slot.form_repeat or _next_repeat(subject, crf.key, slot)
@@ -370,6 +384,9 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
         for finding in soft:
             uow.record("check.confirmed", "form", instance.id, path=instance.audit_path(),
                        field=finding.check_id, new=finding.message)
+        from ecrf.review.queries import after_form_saved
+
+        after_form_saved(uow, instance, crf, soft, old_text, new_text, answering=query)
     return instance
 
 

@@ -123,6 +123,9 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
     if instance is None and form_repeat > 1:
         abort(404)
     crf = services.definition_for(crf_key, instance)
+    from ecrf.queries.views import answering_query
+
+    answering = answering_query(instance)  # a correction in answer to this query (?query=)
     enter = Access.for_user(g.access.user, "crf.enter")
     can_enter = enter.covers(subject.site_id)
     tz = subject.site.timezone
@@ -138,11 +141,13 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
         result = services.save_form(
             enter.actor(subject.site_id), subject, crf_key, slot, _submitted(crf),
             reason=_reason(), row_version=row_version, token=form.submission_token.data or None,
-            confirmed=set(request.form.getlist("confirm")))
+            confirmed=set(request.form.getlist("confirm")), query=answering)
         if result.ok:
             flash({"saved": _("Saved."), "unchanged": _("Nothing changed."),
                    "duplicate": _("This submission was already saved.")}[result.outcome], "info")
             target = result.instance
+            if answering is not None:
+                return redirect(url_for("queries.view_query", query_id=answering.id))
             return redirect(url_for("casebook.form_page", code=code, visit_key=visit_key,
                                     visit_repeat=visit_repeat, crf_key=crf_key,
                                     form_repeat=target.form_repeat))
@@ -168,7 +173,7 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
         "casebook/form.html", subject=subject, visit=visit, visit_repeat=visit_repeat, crf=crf,
         instance=instance, form=form, result=result, can_enter=can_enter, reasons=REASON_CODES,
         null_flavors=NULL_FLAVORS, form_repeat=form_repeat, tz=tz, closed=closed,
-        local_time=services.local_time), status
+        local_time=services.local_time, answering=answering), status
 
 
 @bp.route("/visits/<visit_key>/<int:visit_repeat>/forms/<crf_key>/<int:form_repeat>/not-done",

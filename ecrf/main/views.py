@@ -12,7 +12,7 @@ from ecrf.access.grants import Access, active_grants
 from ecrf.access.scoping import sites_for
 from ecrf.database import utcnow
 from ecrf.main import bp
-from ecrf.review import dashboard
+from ecrf.review import dashboard, queries, sdv, signatures
 from ecrf.study.safety import serious_events
 
 
@@ -49,7 +49,10 @@ def index():
         home["missing"] = dashboard.missing_by_visit(missing, _schedule())
         home["missing_total"] = (sum(1 for m in missing if m.state == "due"),
                                  sum(1 for m in missing if m.state == "overdue"))
-        home["queries"] = dashboard.open_queries_by_age(crf_sites, utcnow())
+        home["queries"] = queries.open_by_age(crf_sites, utcnow())
+        home["sdv"] = sdv.backlog_by_site(crf_sites)
+        signoff = signatures.pending_and_broken(crf_sites)
+        home["signoff"] = (len(signoff.ready_unsigned), len(signoff.broken))
     return render_template("main/index.html", grants=grants, alerts=alerts, home=home)
 
 
@@ -78,6 +81,16 @@ def missing_forms():
               for k in {r.crf_key for r in rows}}
     return render_template("main/missing.html", rows=ListPage(rows, page, 50), filters=filters,
                            titles=titles, sites=sites_for(), visits=_schedule().visits)
+
+
+@bp.route("/sign-off")
+@requires("crf.view")
+def sign_off():
+    """Casebooks ready to sign but never signed, and signatures broken by a later change."""
+    found = signatures.pending_and_broken(_sites("crf.view"))
+    rows = [(subject, None) for subject in found.ready_unsigned] + found.broken
+    page = max(request.args.get("page", 1, type=int), 1)
+    return render_template("main/sign_off.html", rows=ListPage(rows, page, 50))
 
 
 @bp.route("/health")

@@ -1,5 +1,6 @@
-"""What the study home shows: enrolment against the target, forms missing or overdue per visit
-window, open queries by age. Each figure comes with the list behind it (the pages link to it).
+"""What the study home shows: enrolment against the target, and forms missing or overdue per visit
+window (open queries by age, the SDV backlog and signatures come from their own services). Each
+figure comes with the list behind it (the pages link to it).
 
 Plain functions of the database and a list of site ids (None: every site), so the same numbers
 serve every role within the sites it may see.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from html import escape
 
 import sqlalchemy as sa
@@ -23,8 +24,6 @@ from ecrf.study.schedule import ended_visits
 #: subjects whose visits are expected (a screen failure or a removed subject has no follow-up)
 FOLLOWED = (SubjectStatus.INCLUDED.value, SubjectStatus.COMPLETED.value,
             SubjectStatus.WITHDRAWN.value)
-#: ages of open queries, in days: (label, lowest, highest)
-AGE_BUCKETS = (("0-7", 0, 7), ("8-14", 8, 14), ("15-30", 15, 30), (">30", 31, None))
 
 
 def _in_sites(stmt, column, site_ids):
@@ -171,20 +170,3 @@ def missing_by_visit(rows: list[MissingForm], schedule) -> list[tuple[str, int, 
         (overdue if row.state == "overdue" else due)[row.visit_key] += 1
     return [(v.key, due[v.key], overdue[v.key]) for v in schedule.visits
             if due[v.key] or overdue[v.key]]
-
-
-# --- queries by age ----------------------------------------------------------------------------
-
-
-def open_queries_by_age(site_ids: set[int] | None, now: datetime) -> list[tuple[str, int]]:
-    """Open and answered (not yet closed) queries, counted by days since they were raised."""
-    from ecrf.review.models import Query
-
-    stmt = _in_sites(sa.select(Query.created_at).join(Subject, Query.subject_id == Subject.id)
-                     .where(Query.state.in_(("open", "answered"))), Subject.site_id, site_ids)
-    counts = Counter()
-    for (created,) in db.session.execute(stmt):
-        age = (now - created).days
-        label = next(b[0] for b in AGE_BUCKETS if age >= b[1] and (b[2] is None or age <= b[2]))
-        counts[label] += 1
-    return [(label, counts[label]) for label, _low, _high in AGE_BUCKETS]

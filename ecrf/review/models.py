@@ -73,7 +73,7 @@ class Query(Audited, Base):
         return {**self.form_instance.audit_path(), "item": self.item_key}
 
     def closure_scope(self) -> tuple[int, int]:
-        return self.subject.closure_scope()
+        return (self.subject or self.form_instance.subject).closure_scope()
 
 
 class QueryMessage(Audited, Base):
