@@ -155,3 +155,15 @@ def test_each_unscheduled_visit_gets_its_own_number(make, login_as, client):
     assert "/visits/UNS/2/forms/adverse_event/0" in grid
     page = client.get(f"/subjects/{subject.code}/visits/UNS/2/forms/adverse_event/0")
     assert page.status_code == 200
+
+
+def test_an_item_history_lists_the_value_changes_not_the_queries_on_it(make, login_as, client):
+    subject = make.subject("01")
+    saved = save_form(system_actor(), subject, "toy_vitals", Slot("D1"),
+                      Submitted({"weight": "210", "fever": "N"}), confirmed={"TOY_VITALS-weight-RANGE"})
+    assert saved.ok, saved.errors
+    assert audit_rows(action="query.create", item="weight")  # a system query on the item
+    login_as("investigator", site="01")
+    page = client.get(FORM.format(code=subject.code) + "/items/weight/history").get_data(as_text=True)
+    rows = re.findall(r"<tr>.*?</tr>", page, re.S)[1:]  # the header aside
+    assert len(rows) == len(audit_rows(entity_type="item", item="weight")) == 1
