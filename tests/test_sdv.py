@@ -409,3 +409,24 @@ def test_the_backlog_page_lists_the_monitors_sites_and_links_each_form_left(make
     site = subjects[0].site
     assert subjects[1].code in client.get(f"/sdv/?site={site.id}").get_data(as_text=True)
     assert client.get(f"/sdv/?site={other.site_id}").status_code == 404
+
+
+# --- what the protocol makes critical ------------------------------------------------------------
+
+
+def test_the_protocol_s_critical_items_are_flagged_in_the_crf_definitions(app):
+    """Eligibility, every SOFA input, dosing and the serious AE fields are verified for every
+    subject (the items an endpoint or a safety report rests on)."""
+    registry = app.extensions["ecrf.registry"]
+
+    def entered(crf_key):
+        return {i.key: i for i in registry.current(crf_key).items if not i.derived}
+
+    sofa = entered("sofa_daily")
+    assert [k for k, i in sofa.items() if not i.critical] == ["rrt"]  # recorded, not scored
+    assert all(i.critical for k, i in entered("eligibility").items() if k.startswith("e"))
+    dosing = entered("dosing")
+    assert all(dosing[k].critical for k in ("dose_date", "given", "dose_mg", "status"))
+    ae = entered("adverse_event")
+    assert all(ae[k].critical for k in ("term", "grade", "onset", "serious", "criteria",
+                                        "aware_at", "reported_at", "causality"))

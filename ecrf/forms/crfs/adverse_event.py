@@ -127,14 +127,16 @@ DEFINITION = CRF(
         Group("seriousness", "Seriousness", (
             Item("serious", "Serious", YesNo(), required=True, critical=True),
             Item("criteria", "Seriousness criteria", MultiChoice(SERIOUSNESS),
-                 show_if=is_serious, show_if_items=("serious",), sas_name="SERCRIT"),
+                 show_if=is_serious, show_if_items=("serious",), critical=True,
+                 sas_name="SERCRIT"),
             Item("aware_at", "Site became aware of the serious event", DateTime(),
                  show_if=is_serious, show_if_items=("serious",), critical=True,
                  help="Starts the 24-hour reporting clock.", sas_name="AWAREAT"),
             Item("report_due", "Report to the sponsor due by", DateTime(), derive=_deadline,
                  derive_from=("aware_at", "serious"), sas_name="REPDUE"),
             Item("reported_at", "Reported to the sponsor at", DateTime(),
-                 show_if=is_serious, show_if_items=("serious",), sas_name="REPAT"),
+                 show_if=is_serious, show_if_items=("serious",), critical=True,
+                 sas_name="REPAT"),
         )),
         Group("assessment", "Assessment", (
             Item("causality", "Relationship to ruxolitinib (WHO-UMC)", Choice(CAUSALITY),

@@ -128,7 +128,7 @@ def _needs_support_type(v):
 def _dose(key: str, label: str) -> Item:
     return Item(key, f"{label}, highest dose held for at least 1 hour", DecimalNumber(3),
                 unit="µg/kg/min", hard=Range(Decimal(0), Decimal(100)),
-                help="Leave empty when not given.", sas_name=key[:8].upper())
+                help="Leave empty when not given.", sas_name=key[:8].upper(), critical=True)
 
 
 DEFINITION = CRF(
@@ -140,12 +140,12 @@ DEFINITION = CRF(
         Group("respiration", "Respiration", (
             Item("pao2", "PaO2", DecimalNumber(1), hard=Range(Decimal(1), Decimal(800)),
                  critical=True, help="Lowest PaO2 of the day, with the FiO2 at that time."),
-            Item("pao2_unit", "PaO2 unit", Choice(PAO2_UNITS), sas_name="PAO2U"),
+            Item("pao2_unit", "PaO2 unit", Choice(PAO2_UNITS), sas_name="PAO2U", critical=True),
             Item("fio2", "FiO2", DecimalNumber(2), hard=Range(Decimal("0.21"), Decimal(100)),
                  critical=True),
-            Item("fio2_unit", "FiO2 unit", Choice(FIO2_UNITS), sas_name="FIO2U"),
+            Item("fio2_unit", "FiO2 unit", Choice(FIO2_UNITS), sas_name="FIO2U", critical=True),
             Item("resp_support", "Respiratory support at that time", Choice(SUPPORT),
-                 sas_name="RESPSUP"),
+                 sas_name="RESPSUP", critical=True),
             Item("pf_ratio", "PaO2/FiO2", Integer(), unit="mmHg", derive=_ratio,
                  derive_from=("pao2", "pao2_unit", "fio2", "fio2_unit"), sas_name="PFRATIO"),
         )),
@@ -156,7 +156,7 @@ DEFINITION = CRF(
         Group("liver", "Liver", (
             Item("bilirubin", "Bilirubin, highest", DecimalNumber(1), hard=Range(0, 2000),
                  critical=True, sas_name="BILI"),
-            Item("bilirubin_unit", "Bilirubin unit", Choice(CHEM_UNITS), sas_name="BILIU"),
+            Item("bilirubin_unit", "Bilirubin unit", Choice(CHEM_UNITS), sas_name="BILIU", critical=True),
         )),
         Group("cardiovascular", "Cardiovascular", (
             Item("map", "Mean arterial pressure, lowest", Integer(), unit="mmHg",
@@ -171,9 +171,9 @@ DEFINITION = CRF(
         Group("renal", "Renal", (
             Item("creatinine", "Creatinine, highest", DecimalNumber(1), hard=Range(0, 3000),
                  critical=True, sas_name="CREAT"),
-            Item("creatinine_unit", "Creatinine unit", Choice(CHEM_UNITS), sas_name="CREATU"),
+            Item("creatinine_unit", "Creatinine unit", Choice(CHEM_UNITS), sas_name="CREATU", critical=True),
             Item("urine_output", "Urine output over 24 h", Integer(), unit="mL",
-                 hard=Range(0, 20000), sas_name="UO24H"),
+                 hard=Range(0, 20000), sas_name="UO24H", critical=True),
             Item("rrt", "Renal replacement therapy", YesNo(),
                  help="Recorded, not scored (SOFA 1996)."),
         )),
