@@ -16,7 +16,8 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
-from tests.factories import PASSWORD, Factories
+from tests.browser.helpers import log_in as _log_in
+from tests.factories import Factories
 
 pytestmark = pytest.mark.browser
 
@@ -43,14 +44,6 @@ def _user_and_subject(live_server, role: str = "investigator") -> tuple[str, str
         make.user(username, role=role, site="01", full_name=f"Axe {role.title()} {username[-6:]}")
         code = make.subject("01").code
     return username, code
-
-
-def _log_in(page, username: str) -> None:
-    page.goto("/auth/login")
-    page.get_by_label("Username", exact=True).fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
 def _describe(findings: list[dict]) -> str:

@@ -31,6 +31,7 @@ from ecrf.review import delegation, signatures
 from ecrf.review.models import Query
 from ecrf.study.models import Site, Subject
 from tests.browser.conftest import TIMEOUT_MS
+from tests.browser.helpers import log_in as _log_in
 from tests.factories import PASSWORD, Factories
 
 try:
@@ -78,14 +79,6 @@ def _free_site_code() -> str:
     """A site of this test alone: it is locked at the end, other tests use site 01."""
     taken = set(db.session.scalars(sa.select(Site.code)))
     return next(code for code in (f"{n:02d}" for n in range(99, 1, -1)) if code not in taken)
-
-
-def _log_in(page, username: str) -> None:
-    page.goto("/auth/login")
-    page.get_by_label("Username", exact=True).fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
 def _flash(page, text: str):

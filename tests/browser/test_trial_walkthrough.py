@@ -26,7 +26,8 @@ from ecrf.audit.models import AuditRecord
 from ecrf.extensions import db
 from ecrf.forms.crfs.eligibility import EXCLUSIONS
 from tests.browser.conftest import TIMEOUT_MS
-from tests.factories import PASSWORD, Factories
+from tests.browser.helpers import log_in as _log_in
+from tests.factories import Factories
 
 try:
     from playwright.sync_api import expect
@@ -62,14 +63,6 @@ def _investigator(live_server) -> tuple[str, str, str]:
         make.user(username, role="investigator", site="01", full_name=f"Ivan Walk {username[-6:]}")
         site = make.site("01")
         return username, f"{site.code} {site.name}", site.timezone
-
-
-def _log_in(page, username: str) -> None:
-    page.goto("/auth/login")
-    page.get_by_label("Username", exact=True).fill(username)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
 def _group(scope, legend: str):
