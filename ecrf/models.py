@@ -5,6 +5,7 @@ from ecrf.audit import capture
 from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.auth.models import PasswordHistory, User, UserSession
 from ecrf.casebook.models import FormInstance, ItemValue, Submission
+from ecrf.exports.models import ApiToken, AuditReview, ExportJob
 from ecrf.review import (
     closure,  # noqa: F401  (registers the freeze/lock rule)
     sdv,  # noqa: F401  (registers the clear-on-change rule)
@@ -24,8 +25,8 @@ from ecrf.study.models import ScreeningEntry, Site, Subject, SubjectCounter
 capture.install()
 
 __all__ = [
-    "AuditRecord", "AuditValue", "ChainHead", "ClosureState", "DelegationEntry", "FormInstance",
-    "ItemVerification", "Query", "QueryMessage", "SdvPlan", "Signature", "Grant", "ItemValue", "Submission",
-    "PasswordHistory", "Site", "Subject",
-    "ScreeningEntry", "StudyDefinition", "SubjectCounter", "User", "UserSession",
+    "ApiToken", "AuditRecord", "AuditReview", "AuditValue", "ChainHead", "ClosureState",
+    "DelegationEntry", "ExportJob", "FormInstance", "Grant", "ItemValue", "ItemVerification",
+    "PasswordHistory", "Query", "QueryMessage", "ScreeningEntry", "SdvPlan", "Signature", "Site",
+    "StudyDefinition", "Subject", "SubjectCounter", "Submission", "User", "UserSession",
 ]

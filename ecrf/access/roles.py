@@ -26,7 +26,9 @@ PERMISSIONS: dict[str, str] = {
     "closure.unfreeze": "Unfreeze (with a reason)",
     "closure.lock": "Lock the study, a site or a subject (no change at all)",
     "closure.unlock": "Unlock (with a reason)",
-    "audit.view": "Read the audit trail",
+    "export.run": "Export the data of one's sites: CDISC ODM, analysis datasets, PDF casebooks",
+    "audit.view": "Read the audit trail and export it (CSV, JSON lines)",
+    "audit.review": "Review the audit trail's flagged records (late entries, changes after SDV...)",
     "users.manage": "Create, deactivate and unlock accounts; reset passwords; grant roles",
     "sites.manage": "Create and activate sites",
 }
@@ -47,14 +49,15 @@ ROLES: dict[str, Role] = {
     for r in (
         Role("investigator", _l("Site investigator"), True,
              frozenset({"subject.view", "subject.enrol", "subject.status", "crf.view",
-                        "crf.enter", "query.answer", "casebook.sign"})),
+                        "crf.enter", "query.answer", "casebook.sign", "export.run"})),
         Role("monitor", _l("Monitor (CRA)"), True,
              frozenset({"subject.view", "crf.view", "query.manage", "sdv.verify"})),
         Role("data_manager", _l("Data manager"), False,
              frozenset({"subject.view", "crf.view", "query.manage", "sdv.plan", "delegation.manage",
-                        "closure.freeze", "closure.unfreeze", "closure.lock", "closure.unlock"})),
+                        "closure.freeze", "closure.unfreeze", "closure.lock", "closure.unlock",
+                        "export.run", "audit.view", "audit.review"})),
         Role("auditor", _l("Auditor / inspector"), False,
-             frozenset({"subject.view", "crf.view", "audit.view"})),
+             frozenset({"subject.view", "crf.view", "audit.view", "export.run"})),
         # Administrators manage accounts and sites; they neither enter nor view clinical data.
         Role("admin", _l("System administrator"), False, frozenset({"users.manage", "sites.manage"})),
     )
