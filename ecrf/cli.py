@@ -443,7 +443,9 @@ def closure_status():
 
 
 def register_commands(app) -> None:
-    for command in (users, sites, audit, access, crf_cli, demo, closure_cli):
+    from ecrf.exports.cli import export_cli
+
+    for command in (users, sites, audit, access, crf_cli, demo, closure_cli, export_cli):
         app.cli.add_command(command)
 
 

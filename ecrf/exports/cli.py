@@ -1,0 +1,62 @@
+"""``ecrf export ...``: the exports from the command line, through the same jobs as the web."""
+
+from __future__ import annotations
+
+import shutil
+
+import click
+
+from ecrf.access.grants import Access
+from ecrf.auth import services as auth_services
+from ecrf.exports import jobs
+
+export_cli = click.Group("export", help="Export the data: CDISC ODM, analysis datasets, PDF casebooks.")
+
+scope_options = [
+    click.option("--site", "site_code", default=None, help="One site (default: the whole study)."),
+    click.option("--subject", "subject_code", default=None, help="One subject."),
+    click.option("--as", "as_user", metavar="USERNAME", required=True,
+                 help="The user who exports (holding export.run on the scope)."),
+    click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
+                 help="Where to write the file."),
+]
+
+
+def with_scope(f):
+    for option in reversed(scope_options):
+        f = option(f)
+    return f
+
+
+def run_export(kind: str, site_code, subject_code, as_user, output, options=None,
+               permission: str = "export.run") -> None:
+    """Check who asks and for what, run the export with a progress bar, copy the file out."""
+    user = auth_services.get_user(as_user)
+    if user is None or not user.is_active:
+        raise click.ClickException(f"No active user {as_user!r}.")
+    try:
+        scope = jobs.Scope.from_codes(site_code, subject_code)
+    except LookupError as e:
+        raise click.ClickException(str(e)) from None
+    access = Access.for_user(user, permission)
+    if not access or not access.covers(scope.site_id):
+        raise click.ClickException(f"{as_user} does not hold {permission} on {scope.label}.")
+    with click.progressbar(length=100, label=f"Exporting {kind} ({scope.label})",
+                           file=click.get_text_stream("stderr")) as bar:
+        shown = {"percent": 0}
+
+        def progress(done: int, total: int) -> None:
+            percent = int(100 * done / total) if total else 0
+            if percent > shown["percent"]:
+                bar.update(percent - shown["percent"])
+                shown["percent"] = percent
+
+        job = jobs.export_now(access.actor(scope.site_id), kind, scope, options=options,
+                              progress=progress)
+        bar.update(100 - shown["percent"])
+    shutil.copyfile(jobs.file_path(job), output)
+    click.echo(f"{output}: {job.size} bytes, sha256 {job.sha256} (export #{job.id})")
+
+
+# the writers, and their commands, live in their own modules
+from ecrf.exports import datasets, odm, pdf  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""odm export (written next)."""
