@@ -262,8 +262,13 @@ def _parse_head(value: str | None) -> tuple[int, str] | None:
 @audit.command("verify")
 @click.option("--expect-head", default=None, metavar="SEQ:HASH",
               help="A head published earlier: the chain must still contain it.")
-def audit_verify(expect_head):
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Check an export (ecrf audit export) from the file alone.")
+def audit_verify(expect_head, path):
     """Recompute the hash chain; exit non-zero naming the first bad seq."""
+    if path:
+        _verify_file(path, _parse_head(expect_head))
+        return
     result = chain.verify_rows(chain.iter_db_rows(db.session), expect_head=_parse_head(expect_head),
                                stored_head=chain.stored_head(db.session))
     click.echo(f"Rows checked: {result.rows_checked}")
@@ -275,6 +280,45 @@ def audit_verify(expect_head):
         click.echo(f"FAILED at seq {seq}: {why}", err=True)
         sys.exit(1)
     click.echo("Chain OK")
+
+
+def _verify_file(path: str, expect_head) -> None:
+    from ecrf.audit.export import verify_file
+
+    found = verify_file(path)
+    result = found.result
+    click.echo(f"Rows checked: {result.rows_checked} ({result.stubs} outside the export's scope, "
+               "as stubs)")
+    if found.head is not None:
+        click.echo(f"Head stated: {found.head[0]}:{found.head[1]}")
+    if found.ok and expect_head is not None and found.head != expect_head:
+        found.problem = (1, f"the file's head is not the expected {expect_head[0]}:{expect_head[1]}")
+    if not found.ok:
+        line, why = found.problem
+        click.echo(f"FAILED at line {line}: {why}", err=True)
+        sys.exit(1)
+    click.echo("Chain OK")
+
+
+@audit.command("export")
+@click.option("--site", "site_code", default=None, help="Rows of one site (others as stubs).")
+@click.option("--from", "since", default=None, metavar="UTC-TIME", help="Rows recorded from then.")
+@click.option("--to", "until", default=None, metavar="UTC-TIME", help="Rows recorded before then.")
+@click.option("--as", "as_user", metavar="USERNAME", required=True, help="Who exports (audit.view).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True)
+def audit_export(site_code, since, until, as_user, output):
+    """The audit trail as JSON lines, checkable offline (ecrf audit verify --file)."""
+    from ecrf.audit.export import filters_from
+    from ecrf.exports.cli import run_export
+
+    try:
+        filters_from({"from": since, "to": until})
+    except ValueError as e:
+        _fail(f"Times are ISO 8601, e.g. 2026-11-25T08:00:00Z ({e}).")
+    if site_code:
+        _site(site_code)
+    run_export("audit_jsonl", None, None, as_user, output,
+               options={"site": site_code, "from": since, "to": until}, permission="audit.view")
 
 
 # --- data entry ----------------------------------------------------------------------------

@@ -129,6 +129,8 @@ class VerifyResult:
     redacted: list[int] = field(default_factory=list)
     #: masked row seq -> (the seq its audit_value names as the redaction, the sides masked)
     redaction_claims: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
+    #: rows of a filtered export kept as stubs (seq, prev_hash, row_hash): linked, not readable
+    stubs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -151,9 +153,11 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
     hash_at_expected = None
     redactions: dict[int, str] = {}  # seq of a redaction record -> the seq it masks
     redacted_sides: set[tuple[str, str]] = set()  # (masked seq, "old"/"new") recorded
+    stub_seqs: set[str] = set()
     for row in rows:
         row = dict(row)
-        row.setdefault("v", row.get("format_version"))
+        if not is_stub(row):
+            row.setdefault("v", row.get("format_version"))
         seq = row["seq"]
         result.rows_checked += 1
         if seq != expected_seq:
@@ -161,6 +165,9 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
             result.problems.append((seq, f"seq {seq} where {expected_seq} was expected ({what})"))
         elif row["prev_hash"] != prev:
             result.problems.append((seq, "prev_hash does not match the previous row's hash"))
+        elif is_stub(row):
+            result.stubs += 1  # outside an export's scope: only its place in the chain is kept
+            stub_seqs.add(str(seq))
         elif row_hash(row) != row["row_hash"]:
             result.problems.append((seq, "row content does not match its row_hash"))
         else:
@@ -176,6 +183,8 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
             return result  # the first bad row is the finding; later rows follow from it
     for seq in result.redacted:  # a masked value must name a recorded redaction of itself
         named, sides = result.redaction_claims[seq]
+        if str(named) in stub_seqs:
+            continue  # the redaction is outside a filtered export: its link is all we have
         if redactions.get(named) != str(seq) or any(
                 (str(seq), side) not in redacted_sides for side in sides):
             result.problems.append((seq, "value masked without a recorded redaction"))
@@ -193,6 +202,14 @@ def verify_rows(rows: Iterable[dict], *, expect_head: tuple[int, str] | None = N
             result.problems.append((exp_seq, f"row {exp_seq} differs from the published head "
                                              "(the chain was rewritten from there on)"))
     return result
+
+
+STUB_FIELDS = frozenset({"seq", "prev_hash", "row_hash"})
+
+
+def is_stub(row: dict) -> bool:
+    """A row of a filtered export outside its scope: its seq and hashes only."""
+    return set(row) <= STUB_FIELDS
 
 
 def _check_values(row: dict, result: VerifyResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import click
 
@@ -42,7 +43,7 @@ def run_export(kind: str, site_code, subject_code, as_user, output, options=None
     if not access or not access.covers(scope.site_id):
         raise click.ClickException(f"{as_user} does not hold {permission} on {scope.label}.")
     with click.progressbar(length=100, label=f"Exporting {kind} ({scope.label})",
-                           file=click.get_text_stream("stderr")) as bar:
+                           file=sys.stderr) as bar:
         shown = {"percent": 0}
 
         def progress(done: int, total: int) -> None:
@@ -59,4 +60,5 @@ def run_export(kind: str, site_code, subject_code, as_user, output, options=None
 
 
 # the writers, and their commands, live in their own modules
+from ecrf.audit import export as audit_export  # noqa: E402,F401
 from ecrf.exports import datasets, odm, pdf  # noqa: E402,F401
