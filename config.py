@@ -65,6 +65,8 @@ class TestConfig(Config):
     SQLALCHEMY_DATABASE_URI = "sqlite://"
     WTF_CSRF_ENABLED = False  # tests that prove CSRF switch it back on
     ARGON2_PROFILE = "CHEAPEST"  # fast hashing for the suite; production uses RFC 9106
+    #: web exports run in the request's thread in tests (one test runs the real background job)
+    EXPORTS_RUN_INLINE = True
 
 
 class ProductionConfig(Config):

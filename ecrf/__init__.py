@@ -112,12 +112,14 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.auth import bp as auth_bp
     from ecrf.casebook import bp as casebook_bp
     from ecrf.closure import bp as closure_bp
+    from ecrf.exports import bp as exports_bp
     from ecrf.i18n import bp as i18n_bp
     from ecrf.main import bp as main_bp
     from ecrf.sdv import bp as sdv_bp
     from ecrf.subjects import bp as subjects_bp
 
-    for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp, closure_bp):
+    for bp in (main_bp, auth_bp, i18n_bp, admin_bp, subjects_bp, casebook_bp, audit_bp, closure_bp,
+               exports_bp):
         app.register_blueprint(bp)
     app.register_blueprint(sdv_bp)
     from ecrf.signatures import bp as signatures_bp

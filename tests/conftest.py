@@ -99,7 +99,8 @@ def databases(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app(databases):
-    app = create_app("test", DATABASE_URL=databases.template_url(), **TOY_STUDY)
+    app = create_app("test", DATABASE_URL=databases.template_url(), **TOY_STUDY,
+                     EXPORTS_DIR=str(databases.tmp / "exports"))
     with app.app_context():
         upgrade()
         _db.session.remove()

@@ -42,6 +42,14 @@ SUFFIX = {"odm_snapshot": ".xml", "odm_transactional": ".xml", "datasets": ".zip
           "pdf": ".zip", "audit_jsonl": ".jsonl", "audit_csv": ".csv"}
 
 
+def load_writers() -> None:
+    """Import the modules whose writers register themselves."""
+    import ecrf.audit.export
+    import ecrf.exports.datasets
+    import ecrf.exports.odm
+    import ecrf.exports.pdf  # noqa: F401
+
+
 def writer(kind: str):
     """Register the writer of one kind of export."""
     if kind not in EXPORT_KINDS:
@@ -193,7 +201,7 @@ def request(actor: Actor, kind: str, scope: Scope, options: dict | None = None) 
     job = _new_job(actor, kind, scope, options)
     app = current_app._get_current_object()
     if app.config.get("EXPORTS_RUN_INLINE"):  # tests: run it now, in the request's thread
-        _run_queued(app, actor, job.id)
+        _execute(actor, job.id)
         return db.session.get(ExportJob, job.id)
     threading.Thread(target=_run_queued, args=(app, actor, job.id), daemon=True,
                      name=f"export-{job.id}").start()
@@ -202,14 +210,15 @@ def request(actor: Actor, kind: str, scope: Scope, options: dict | None = None) 
 
 def _run_queued(app: Flask, actor: Actor, job_id: int) -> None:
     with app.app_context():
-        job = db.session.get(ExportJob, job_id)
-        scope = Scope(site=db.session.scalar(sa.select(Site).where(Site.code == job.site_code))
-                      if job.site_code else None,
-                      subject=db.session.scalar(sa.select(Subject).where(
-                          Subject.code == job.subject_code)) if job.subject_code else None)
         try:
-            _run(actor, job, scope)
-        except Exception:
-            log.exception("export %s failed", job_id)
+            _execute(actor, job_id)
         finally:
             db.session.remove()
+
+
+def _execute(actor: Actor, job_id: int) -> None:
+    job = db.session.get(ExportJob, job_id)
+    try:
+        _run(actor, job, Scope.from_codes(job.site_code, job.subject_code))
+    except Exception:
+        log.exception("export %s failed", job_id)  # recorded on the job and in the audit trail

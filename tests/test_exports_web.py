@@ -1,0 +1,113 @@
+"""Exports from the web: asked on a page, run as a background job (never inside the request),
+followed on its page, downloaded; each request, file and download is an audit record with the
+file's SHA-256; investigators export their own site only."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+
+import sqlalchemy as sa
+
+from ecrf.auth.services import system_actor
+from ecrf.casebook.services import Slot, Submitted, save_form
+from ecrf.exports import jobs
+from ecrf.exports.models import ExportJob
+from tests.factories import audit_rows
+
+
+def _study(make):
+    for site in ("01", "02"):
+        assert save_form(system_actor(), make.subject(site), "toy_vitals", Slot("D1"),
+                         Submitted({"weight": "70", "fever": "N"})).ok
+
+
+def test_a_data_manager_exports_the_audit_trail_and_downloads_it_with_its_digest(make, login_as,
+                                                                                  client, db):
+    _study(make)
+    login_as("data_manager")
+    page = client.get("/exports/").get_data(as_text=True)
+    assert 'value="audit_jsonl"' in page
+    asked = client.post("/exports/", data={"kind": "audit_jsonl", "site": ""})
+    assert asked.status_code == 302
+    job_page = client.get(asked.headers["Location"]).get_data(as_text=True)
+    digest = re.search(r'<code id="sha256">([0-9a-f]{64})</code>', job_page).group(1)
+    with client.get(re.search(r'href="(/exports/\d+/download)"', job_page).group(1)) as download:
+        assert download.status_code == 200
+        assert hashlib.sha256(download.data).hexdigest() == digest
+    for action in ("export.requested", "export.done", "export.downloaded"):
+        assert audit_rows(action=action), action
+    assert digest in audit_rows(action="export.done")[-1].value.new_value
+
+
+def test_an_investigator_exports_only_their_site(make, login_as, client, db, monkeypatch):
+    _study(make)
+    monkeypatch.setitem(jobs.WRITERS, "odm_snapshot", lambda scope, out, progress, options:
+                        out.write(scope.label.encode()))
+    login_as("investigator", site="01")
+    page = client.get("/exports/").get_data(as_text=True)
+    assert 'value="odm_snapshot"' in page and 'value="audit_jsonl"' not in page
+    assert '<option value="">' not in page  # not the whole study
+    assert client.post("/exports/", data={"kind": "odm_snapshot", "site": "02"}).status_code == 404
+    whole = client.post("/exports/", data={"kind": "odm_snapshot", "site": ""},
+                        follow_redirects=True)
+    assert "Choose one of your sites" in whole.get_data(as_text=True)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(ExportJob)) == 0
+    own = client.post("/exports/", data={"kind": "odm_snapshot", "site": "01"})
+    assert own.status_code == 302
+    job = db.session.scalars(sa.select(ExportJob)).one()
+    assert (job.site_code, job.state) == ("01", "done")
+    assert jobs.file_path(job).read_bytes() == b"site 01"
+
+
+def test_someone_else_s_export_is_not_visible_to_a_site_user(make, login_as, client, db):
+    _study(make)
+    dm = make.user("dm", role="data_manager")
+    from ecrf.access.grants import Access
+
+    job = jobs.export_now(Access.for_user(dm, "audit.view").actor(), "audit_jsonl", jobs.Scope())
+    login_as("investigator", site="01")
+    assert client.get(f"/exports/{job.id}").status_code == 404
+    assert client.get(f"/exports/{job.id}/download").status_code == 404
+
+
+def test_a_failed_export_leaves_no_file_and_says_why(make, db, monkeypatch):
+    dm = make.user("dm", role="data_manager")
+    from ecrf.access.grants import Access
+
+    def broken(scope, out, progress, options):
+        out.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(jobs.WRITERS, "audit_csv", broken)
+    try:
+        jobs.export_now(Access.for_user(dm, "audit.view").actor(), "audit_csv", jobs.Scope())
+    except RuntimeError:
+        pass
+    job = db.session.scalars(sa.select(ExportJob).order_by(ExportJob.id.desc())).first()
+    assert (job.state, job.error, job.sha256) == ("failed", "disk full", None)
+    assert not jobs.file_path(job).exists()
+    assert not jobs.file_path(job).with_suffix(jobs.file_path(job).suffix + ".part").exists()
+    assert audit_rows(action="export.failed")
+
+
+def test_the_web_export_runs_in_a_background_thread(fresh_app):
+    """Not inside the request: the job is queued, then a thread of the app runs it."""
+    from ecrf.access.grants import Access
+    from ecrf.extensions import db
+    from tests.factories import Factories
+
+    fresh_app.config["EXPORTS_RUN_INLINE"] = False
+    dm = Factories().user("dm-thread", role="data_manager")
+    job = jobs.request(Access.for_user(dm, "audit.view").actor(), "audit_jsonl", jobs.Scope())
+    assert job.state == "queued"
+    db.session.rollback()  # a reader holding SQLite's shared lock would block the job's commits
+    for _ in range(200):
+        state = db.session.get(ExportJob, job.id).state
+        db.session.rollback()
+        if state in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    done = db.session.get(ExportJob, job.id)
+    assert done.state == "done" and done.sha256 and jobs.file_path(done).exists()
