@@ -10,7 +10,10 @@ PORT   ?= 5000
 # The PostgreSQL server the suite runs on; each run creates (and drops) a database of its own.
 PG_TEST_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
+bench: $(STAMP)
+	$(BIN)/python bench/exports_memory.py --subjects 50 2000
+
+.PHONY: bench run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

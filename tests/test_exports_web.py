@@ -61,7 +61,7 @@ def test_an_investigator_exports_only_their_site(make, login_as, client, db, mon
     assert jobs.file_path(job).read_bytes() == b"site 01"
 
 
-def test_someone_else_s_export_is_not_visible_to_a_site_user(make, login_as, client, db):
+def test_a_study_wide_export_is_not_visible_to_a_site_user(make, login_as, client, db):
     _study(make)
     dm = make.user("dm", role="data_manager")
     from ecrf.access.grants import Access

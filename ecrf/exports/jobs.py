@@ -121,15 +121,15 @@ def _path(job: ExportJob) -> Path:
 def _record(actor: Actor, action: str, job: ExportJob, new: str | None = None) -> None:
     with unit_of_work(actor, Reason.system(f"export {job.kind}")) as uow:
         uow.record(action, "export", job.id, field=job.kind,
-                   path={"site": job.site_code or (job.subject_code or "")[:2] or None,
-                         "subject": job.subject_code},
+                   path={"site": job.site_code, "subject": job.subject_code},
                    new=new)
 
 
 def _new_job(actor: Actor, kind: str, scope: Scope, options: dict | None) -> ExportJob:
     if kind not in WRITERS:
         raise ValueError(f"no writer for export kind {kind!r}")
-    job = ExportJob(kind=kind, site_code=scope.site.code if scope.site else None,
+    site = scope.subject.site if scope.subject is not None else scope.site
+    job = ExportJob(kind=kind, site_code=site.code if site is not None else None,
                     subject_code=scope.subject.code if scope.subject else None,
                     options=json.dumps(options, sort_keys=True) if options else None,
                     requested_by_id=actor.user_id)
@@ -192,6 +192,13 @@ def export_now(actor: Actor, kind: str, scope: Scope, *, options: dict | None = 
     return _run(actor, _new_job(actor, kind, scope, options), scope, progress)
 
 
+def job_scope(job: ExportJob) -> Scope:
+    """The scope a job was asked for (a subject's job also names its site)."""
+    if job.subject_code:
+        return Scope.from_codes(None, job.subject_code)
+    return Scope.from_codes(job.site_code, None)
+
+
 def file_path(job: ExportJob) -> Path:
     return _path(job)
 
@@ -219,6 +226,6 @@ def _run_queued(app: Flask, actor: Actor, job_id: int) -> None:
 def _execute(actor: Actor, job_id: int) -> None:
     job = db.session.get(ExportJob, job_id)
     try:
-        _run(actor, job, Scope.from_codes(job.site_code, job.subject_code))
+        _run(actor, job, job_scope(job))
     except Exception:
         log.exception("export %s failed", job_id)  # recorded on the job and in the audit trail

@@ -39,11 +39,14 @@ def _allowed_kinds(user) -> dict:
             if k in jobs.WRITERS and Access.for_user(user, perm)}
 
 
+def _site_codes() -> set[str] | None:
+    return None if g.access.study_wide else {s.code for s in sites_for()}
+
+
 def _visible(stmt):
-    """Study-wide exporters see every export; others their own."""
-    if g.access.study_wide:
-        return stmt
-    return stmt.where(ExportJob.requested_by_id == g.access.user.id)
+    """Study-wide exporters see every export; site users the exports of their sites."""
+    codes = _site_codes()
+    return stmt if codes is None else stmt.where(ExportJob.site_code.in_(codes))
 
 
 @bp.route("/")
@@ -83,7 +86,8 @@ def request_export():
 
 def _job_or_404(export_id: int) -> ExportJob:
     job = db.session.get(ExportJob, export_id)
-    if job is None or not (g.access.study_wide or job.requested_by_id == g.access.user.id):
+    codes = _site_codes()
+    if job is None or (codes is not None and job.site_code not in codes):
         refuse(404, f"export {export_id} not visible")
     return job
 
@@ -104,7 +108,7 @@ def download_export(export_id: int):
     path = jobs.file_path(job)
     if not path.exists():
         abort(404)
-    scope = jobs.Scope.from_codes(job.site_code, job.subject_code)
+    scope = jobs.job_scope(job)
     with unit_of_work(g.access.actor(scope.site_id), Reason.system("export downloaded")) as uow:
         uow.record("export.downloaded", "export", job.id, field=job.kind,
                    new=f"{job.file_name} sha256:{job.sha256}")
