@@ -50,7 +50,11 @@ class Config:
 
     DEMO_PASSWORD = "Demo-JAKAHDI-2026"  # noqa: S105 (the DEMO study only; printed by make run)
     SUBJECTS_PER_PAGE = 50
-    AUDIT_PER_PAGE = 100
+    # Read-only API tokens: longest validity a user may choose (days); how often (seconds) a
+    # token's last use is written back (bounds write load, like SESSION_TOUCH_SECONDS).
+    API_TOKEN_DAYS = 90
+    API_TOKEN_TOUCH_SECONDS = 60
+    AUDIT_PER_PAGE = 50
 
 
 class DevelopmentConfig(Config):
@@ -96,6 +100,7 @@ ENVIRONMENT = {
     "ECRF_LOCKOUT_MINUTES": ("LOCKOUT_MINUTES", int),
     "ECRF_SESSION_IDLE_MINUTES": ("SESSION_IDLE_MINUTES", int),
     "ECRF_DEMO_PASSWORD": ("DEMO_PASSWORD", str),
+    "ECRF_API_TOKEN_DAYS": ("API_TOKEN_DAYS", int),
 }
 
 

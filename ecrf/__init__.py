@@ -128,6 +128,11 @@ def _register_blueprints(app: Flask) -> None:
     from ecrf.queries import bp as queries_bp
 
     app.register_blueprint(queries_bp)
+    from ecrf.api import bp as api_bp
+    from ecrf.api import tokens_bp as api_tokens_bp
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(api_tokens_bp)
     from ecrf.access.decorators import public
 
     public(app.view_functions["static"])

@@ -33,6 +33,7 @@ from ecrf.auth.services import system_actor
 from ecrf.casebook.models import FormInstance
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.database import utcnow
+from ecrf.exports.models import ApiToken
 from ecrf.extensions import db as _db
 from ecrf.review import closure
 from ecrf.review.delegation import site_today
@@ -125,6 +126,9 @@ class Call:
     logged_in_to: str | None = None
     #: a permission the view checks itself, after loading the object (403, recorded)
     permission: str | None = None
+    #: the JSON API: the walker authenticates with an API token of their own (Authorization:
+    #: Bearer), not the session; the anonymous visitor sends none and gets 401
+    bearer: bool = False
 
 
 def _user_page(w) -> str:
@@ -215,6 +219,14 @@ CALLS: dict[tuple[str, str], Call] = {
         on_site=OTHER_SITE),
     ("GET", "main.missing_forms"): Call(),
     ("GET", "main.sign_off"): Call(),
+    # exports: site 02's data, asked for and run (inline in tests), viewed and downloaded
+    ("GET", "exports.list_exports"): Call(),
+    ("POST", "exports.request_export"): Call(
+        302, None, lambda w: {"kind": "datasets", "site": OTHER_SITE}, effect=lambda w: _export_jobs(w),
+        on_site=OTHER_SITE),
+    ("GET", "exports.view_export"): Call(on_site=OTHER_SITE),
+    ("GET", "exports.download_export"): Call(
+        on_site=OTHER_SITE, effect=lambda w: (_walk_export(w), _actions("export.downloaded"))[1]),
     # freeze and lock: site 02 is open, site 03 (not yet activated) frozen and locked
     ("GET", "closure.overview"): Call(),
     ("POST", "closure.freeze"): Call(
@@ -343,7 +355,24 @@ URL_PARAMS: dict[str, Callable] = {
     "item_key": lambda w: TOY_ITEM,
     "lang": lambda w: "fr",
     "entry_id": lambda w: _delegation_line(w).id,
+    "export_id": lambda w: _walk_export(w).id,
 }
+
+
+def _walk_export(w):
+    """A finished export of site 02 (made once per case)."""
+    if not hasattr(w, "export"):
+        from ecrf.exports import jobs
+
+        w.export = jobs.export_now(system_actor(), "audit_jsonl", jobs.Scope(site=w.sites[OTHER_SITE]))
+    return w.export
+
+
+def _export_jobs(w) -> int:
+    from ecrf.exports.models import ExportJob
+
+    return _count(sa.select(ExportJob.id).where(ExportJob.site_code == OTHER_SITE,
+                                               ExportJob.kind == "datasets"))
 
 
 # --- queries: one open query on site 02's form (made once per case); closing and re-opening need
@@ -399,9 +428,69 @@ CALLS.update({
     ("POST", "queries.close"): _query_step("close", _answered_walk_query),
     ("POST", "queries.reopen"): _query_step("reopen", _answered_walk_query),
 })
+# --- the read-only API (with the walker's own token) and one's own API tokens
+
+
+def _api_token(w):
+    """The walker's API token (row, token), made once per case."""
+    if not hasattr(w, "api_token"):
+        from ecrf.api.tokens import create_token
+
+        w.api_token = create_token(w.holder, "access walk")
+    return w.api_token
+
+
+def _api_tokens(w):
+    return _count(sa.select(ApiToken.id).where(ApiToken.user_id == w.holder.id))
+
+
+CALLS.update({
+    ("GET", "api.openapi"): Call(),
+    ("GET", "api.list_subjects"): Call(bearer=True),
+    ("GET", "api.get_subject"): Call(on_site=OTHER_SITE, bearer=True),
+    ("GET", "api.list_forms"): Call(on_site=OTHER_SITE, bearer=True),
+    ("GET", "api.list_audit"): Call(bearer=True),
+    ("GET", "api_tokens.list_tokens"): Call(),
+    ("POST", "api_tokens.create_token"): Call(200, None, lambda w: {"name": "walk", "days": "30"},
+                                              effect=_api_tokens),
+    ("POST", "api_tokens.revoke_token"): Call(
+        302, lambda w: "/account/api-tokens/",
+        effect=lambda w: _db.session.scalar(sa.select(ApiToken.revoked_at).where(
+            ApiToken.id == _api_token(w)[0].id))),
+})
 URL_PARAMS.update({
+    "token_id": lambda w: _api_token(w)[0].id,
     "query_id": lambda w: _walk_query(w).id,
     "form_instance_id": lambda w: w.form.id,
+})
+
+# --- the audit trail's downloads and the data managers' review worklist
+
+
+def _walk_flagged(w) -> dict:
+    """Site 02's weight changed four times: the fourth change is flagged (more than 3 changes)."""
+    if not hasattr(w, "flagged_seq"):
+        for weight in ("71", "72", "73", "74"):
+            saved = save_form(system_actor(), w.subjects[OTHER_SITE], TOY_CRF, Slot(TOY_VISIT),
+                              Submitted({"weight": weight, "fever": "N"}),
+                              reason=Reason("entry_error", "access walk"))
+            assert saved.ok, saved.errors
+        w.flagged_seq = audit_rows(action="item.update", item=TOY_ITEM)[-1].seq
+    return {"seq": str(w.flagged_seq), "flag": "many_changes", "comment": "access walk"}
+
+
+def _audit_reviews():
+    from ecrf.exports.models import AuditReview
+
+    return _count(sa.select(AuditReview.id))
+
+
+CALLS.update({
+    ("GET", "audit.export_csv"): Call(effect=lambda w: _actions("audit.exported")),
+    ("GET", "audit.export_jsonl"): Call(effect=lambda w: _actions("audit.exported")),
+    ("GET", "audit.worklist"): Call(),
+    ("POST", "audit.review_record"): Call(302, lambda w: "/audit/review", _walk_flagged,
+                                          effect=lambda w: _audit_reviews()),
 })
 
 
@@ -436,7 +525,7 @@ def expected_outcome(app: Flask, actor: str, endpoint: str, call: Call, world) -
             return Outcome(302, call.logged_in_to)
         return allowed
     if role is None:
-        return Outcome(302, "/auth/login")
+        return Outcome(401) if call.bearer else Outcome(302, "/auth/login")
     if rule.kind == "authenticated":
         return allowed
     if rule.permission not in ROLES[role].permissions:
@@ -515,7 +604,9 @@ def test_walk(actor, method, endpoint, app, client, login, world):
     before = call.effect(world) if call.effect else None
     denied_before = len(audit_rows(action="access.denied"))
 
-    response = client.open(url, method=method, data=call.data(world) if method == "POST" else None)
+    headers = {"Authorization": f"Bearer {_api_token(world)[1]}"} if call.bearer and user else None
+    response = client.open(url, method=method, data=call.data(world) if method == "POST" else None,
+                           headers=headers)
     body = response.get_data(as_text=True)
     response.close()  # a static file is streamed from an open file
 

@@ -8,6 +8,7 @@ import hashlib
 import re
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from ecrf.auth.services import system_actor
@@ -81,10 +82,8 @@ def test_a_failed_export_leaves_no_file_and_says_why(make, db, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setitem(jobs.WRITERS, "audit_csv", broken)
-    try:
+    with pytest.raises(RuntimeError, match="disk full"):
         jobs.export_now(Access.for_user(dm, "audit.view").actor(), "audit_csv", jobs.Scope())
-    except RuntimeError:
-        pass
     job = db.session.scalars(sa.select(ExportJob).order_by(ExportJob.id.desc())).first()
     assert (job.state, job.error, job.sha256) == ("failed", "disk full", None)
     assert not jobs.file_path(job).exists()

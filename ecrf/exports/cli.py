@@ -62,3 +62,7 @@ def run_export(kind: str, site_code, subject_code, as_user, output, options=None
 # the writers, and their commands, live in their own modules
 from ecrf.audit import export as audit_export  # noqa: E402,F401
 from ecrf.exports import datasets, odm, pdf  # noqa: E402,F401
+
+export_cli.add_command(pdf.COMMAND)
+export_cli.add_command(datasets.COMMAND)
+export_cli.add_command(odm.COMMAND)
