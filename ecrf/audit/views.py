@@ -1,25 +1,127 @@
-"""The audit trail for auditors: paginated, newest first, with the values behind the digests."""
+"""The audit trail for auditors and data managers: the filtered, paginated view in words, its
+streamed downloads (each one audited), and the data managers' review worklist (EMA-6).
+The rules are in ``ecrf.audit.viewer`` and ``ecrf.audit.review``."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from flask import Blueprint, current_app, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_babel import gettext as _
 
 from ecrf.access.decorators import requires
-from ecrf.audit.models import AuditRecord
-from ecrf.extensions import db
+from ecrf.access.scoping import sites_for
+from ecrf.audit import review as audit_review
+from ecrf.audit import viewer
+from ecrf.casebook.services import registry
+from ecrf.i18n import tr
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+
+def _page_number() -> int:
+    return max(request.args.get("page", 1, type=int) or 1, 1)
+
+
+def _per_page() -> int:
+    return current_app.config.get("AUDIT_PER_PAGE", 50)
+
+
+def item_title(form: str, item: str) -> str:
+    """An item's label from the current CRF definition, or its key when unknown."""
+    if not form or not item:
+        return item
+    try:
+        return tr(registry().current(form.split("#")[0]).item(item).label)
+    except KeyError:
+        return item
 
 
 @bp.route("/")
 @requires("audit.view")
 def trail():
-    page = max(request.args.get("page", 1, type=int), 1)
-    stmt = sa.select(AuditRecord).order_by(AuditRecord.seq.desc())
-    action = request.args.get("action", "").strip()
-    if action:
-        stmt = stmt.where(AuditRecord.action == action)
-    records = db.paginate(stmt, page=page, per_page=current_app.config["AUDIT_PER_PAGE"],
-                          error_out=False)
-    return render_template("audit/trail.html", records=records, action=action)
+    filters, errors = viewer.Filters.parse(request.args)
+    records = viewer.page(filters, _page_number(), _per_page())
+    return render_template("audit/trail.html", records=records, filters=filters, errors=errors,
+                           args=filters.as_args(), actions=viewer.action_choices(filters.action),
+                           sites=sites_for(), item_title=item_title)
+
+
+def _download(fmt: str) -> Response:
+    filters, errors = viewer.Filters.parse(request.args)
+    if errors:
+        abort(400)  # a download is exactly the view asked for, or nothing
+    pieces = viewer.download(g.access.actor(), fmt, filters)  # recorded before streaming
+    disposition = f'attachment; filename="{viewer.file_name(fmt, filters)}"'
+    return Response(stream_with_context(pieces), content_type=viewer.FORMATS[fmt],
+                    headers={"Content-Disposition": disposition})
+
+
+@bp.route("/export.csv")
+@requires("audit.view")
+def export_csv():
+    return _download("csv")
+
+
+@bp.route("/export.jsonl")
+@requires("audit.view")
+def export_jsonl():
+    return _download("jsonl")
+
+
+# --- review worklist ---------------------------------------------------------------------------
+
+
+def _worklist_args(source) -> dict[str, str]:
+    """The worklist's own filters (state, flag, site, page) from a query string or a form."""
+    args = {}
+    state = source.get("state", "to_review")
+    args["state"] = state if state in audit_review.STATES else "to_review"
+    if source.get("flag") in audit_review.FLAGS:
+        args["flag"] = source["flag"]
+    if (source.get("site") or "").strip():
+        args["site"] = source["site"].strip()[:8]
+    page = source.get("page", "1")
+    if page.isdigit() and int(page) > 1:
+        args["page"] = page
+    return args
+
+
+@bp.route("/review")
+@requires("audit.review")
+def worklist():
+    args = _worklist_args(request.args)
+    work = audit_review.worklist(state=args["state"], flag=args.get("flag"), site=args.get("site"),
+                                 number=int(args.get("page", 1)), per_page=_per_page())
+    return render_template("audit/review.html", work=work, args=args, flags=audit_review.FLAGS,
+                           states=audit_review.STATES, sites=sites_for(), item_title=item_title,
+                           comment_max=audit_review.COMMENT_MAX,
+                           pager_args={k: v for k, v in args.items() if k != "page"})
+
+
+@bp.route("/review", methods=["POST"])
+@requires("audit.review")
+def review_record():
+    seq = request.form.get("seq", type=int)
+    flag = request.form.get("flag", "")
+    if seq is None:
+        abort(400)
+    try:
+        audit_review.review(g.access.actor(), seq, flag, request.form.get("comment", ""))
+    except audit_review.ReviewError as e:
+        flash(str(e), "error")
+    else:
+        flash(_("Audit record #%(seq)s marked as reviewed (%(flag)s).", seq=seq,
+                flag=audit_review.FLAGS[flag]), "info")
+    back = {k[len("back_"):]: v for k, v in request.form.items() if k.startswith("back_")}
+    return redirect(url_for("audit.worklist", **_worklist_args(back)))

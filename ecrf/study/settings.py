@@ -55,6 +55,16 @@ COLLECT_BIRTH_DATE = False
 #: inclusion (D0); an older one, or one dated after D0, asks for a confirmation (contraception form)
 PREGNANCY_TEST_MAX_DAYS_BEFORE_INCLUSION = 3
 
+#: [A] audit trail review (EMA-6): the audit records a data manager reviews are flagged by these
+#: an item value entered more than this many days after its visit's target date (D0 + day)
+AUDIT_LATE_ENTRY_DAYS = 7
+#: more than this many changes (updates) of one item: each further change is flagged
+AUDIT_MANY_CHANGES = 3
+#: working hours at the site, local time: from the first hour (included) to the second (excluded)
+AUDIT_WORKING_HOURS = (7, 20)
+#: days outside working hours, local time (Monday 0 ... Sunday 6)
+AUDIT_WEEKEND_DAYS = (5, 6)
+
 
 def as_dict() -> dict:
     """The settings as plain data, for the change-control fingerprint."""
@@ -76,4 +86,8 @@ def as_dict() -> dict:
         "PLANNED_DOSE_MG": PLANNED_DOSE_MG,
         "DOSE_LEVELS_MG": DOSE_LEVELS_MG,
         "TABLET_STRENGTHS_MG": TABLET_STRENGTHS_MG,
+        "AUDIT_LATE_ENTRY_DAYS": AUDIT_LATE_ENTRY_DAYS,
+        "AUDIT_MANY_CHANGES": AUDIT_MANY_CHANGES,
+        "AUDIT_WORKING_HOURS": AUDIT_WORKING_HOURS,
+        "AUDIT_WEEKEND_DAYS": AUDIT_WEEKEND_DAYS,
     }
