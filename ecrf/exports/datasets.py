@@ -569,10 +569,9 @@ class Package:
 
 
 def _exported_by(out: IO[bytes], options: dict) -> dict:
-    """Who asked: the export job whose file is being written (jobs name it ``<id>-...``)."""
-    name = getattr(out, "name", None)
-    match = re.match(r"(\d+)-datasets-", Path(name).name) if isinstance(name, str) else None
-    job = db.session.get(ExportJob, int(match.group(1))) if match else None
+    """Who asked: the export job the options name (``ecrf.exports.jobs`` passes its id)."""
+    job_id = options.get("export_job")
+    job = db.session.get(ExportJob, int(job_id)) if job_id else None
     if job is not None:
         user = job.requested_by
         return {"username": user.username, "full_name": user.full_name, "user_id": user.id,

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 #: progress(done, total): how far a writer is (total may be 0 when unknown)
 Progress = Callable[[int, int], None]
-#: writer(scope, out, progress, options): streams one export of the scope into ``out``
+#: writer(scope, out, progress, options): streams one export of the scope into ``out``; the
+#: options carry the ``export_job`` id (who asked, when)
 Writer = Callable[["Scope", IO[bytes], Progress, dict[str, Any]], None]
 
 WRITERS: dict[str, Writer] = {}
@@ -162,7 +163,8 @@ def _run(actor: Actor, job: ExportJob, scope: Scope, progress: Progress | None =
 
     try:
         with partial.open("wb") as out:
-            WRITERS[job.kind](scope, out, report, json.loads(job.options) if job.options else {})
+            options = {**(json.loads(job.options) if job.options else {}), "export_job": job.id}
+            WRITERS[job.kind](scope, out, report, options)
         digest, size = hashlib.sha256(), 0
         with partial.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
