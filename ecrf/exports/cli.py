@@ -59,10 +59,33 @@ def run_export(kind: str, site_code, subject_code, as_user, output, options=None
     click.echo(f"{output}: {job.size} bytes, sha256 {job.sha256} (export #{job.id})")
 
 
-# the writers, and their commands, live in their own modules
-from ecrf.audit import export as audit_export  # noqa: E402,F401
-from ecrf.exports import datasets, odm, pdf  # noqa: E402,F401
+# --- the commands (the writers live in their own modules) -------------------------------------
 
-export_cli.add_command(pdf.COMMAND)
-export_cli.add_command(datasets.COMMAND)
-export_cli.add_command(odm.COMMAND)
+
+@export_cli.command("odm")
+@click.option("--snapshot/--transactional", "snapshot", default=True,
+              help="The current values (default), or every change with its audit record.")
+@with_scope
+def odm(snapshot, site_code, subject_code, as_user, output):
+    """CDISC ODM 1.3.2: the current data (Snapshot) or their whole history from the audit trail
+    (Transactional), of the study, a site or a subject."""
+    run_export("odm_snapshot" if snapshot else "odm_transactional", site_code, subject_code,
+               as_user, output)
+
+
+@export_cli.command("datasets")
+@with_scope
+def datasets(site_code, subject_code, as_user, output):
+    """Analysis datasets: one table per CRF and a data dictionary, as CSV, SAS transport (.xpt v5),
+    SPSS (.sav) and Stata (.dta), zipped with a manifest (rows and SHA-256 of each file)."""
+    run_export("datasets", site_code, subject_code, as_user, output)
+
+
+@export_cli.command("pdf")
+@with_scope
+def pdf(site_code, subject_code, as_user, output):
+    """PDF casebooks: a ZIP of one PDF per subject (a subject, a site or the study)."""
+    run_export("pdf", site_code, subject_code, as_user, output)
+
+
+jobs.load_writers()

@@ -55,7 +55,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import click
 import sqlalchemy as sa
 from flask import current_app
 from flask_babel import force_locale
@@ -772,23 +771,3 @@ def verify_manifest(zip_path: str | os.PathLike) -> list[str]:
 
 
 # --- the command ------------------------------------------------------------------------------
-# ``ecrf export datasets``; its options are those of the other export commands (declared here:
-# ecrf.exports.cli imports this module at its end, so this module cannot import it first).
-
-
-@click.command("datasets", help="Analysis datasets: one table per CRF and a data dictionary, as CSV, "
-                                "SAS transport (.xpt v5), SPSS (.sav) and Stata (.dta), zipped "
-                                "with a manifest (rows and SHA-256 of each file).")
-@click.option("--site", "site_code", default=None, help="One site (default: the whole study).")
-@click.option("--subject", "subject_code", default=None, help="One subject.")
-@click.option("--as", "as_user", metavar="USERNAME", required=True,
-              help="The user who exports (holding export.run on the scope).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
-              help="Where to write the file (.zip).")
-def datasets_command(site_code, subject_code, as_user, output):
-    from ecrf.exports.cli import run_export
-
-    run_export("datasets", site_code, subject_code, as_user, output)
-
-
-COMMAND = datasets_command

@@ -87,7 +87,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-import click
 import sqlalchemy as sa
 from flask import current_app
 from flask_babel import force_locale
@@ -949,26 +948,3 @@ def check_transactions(path) -> list[str]:
         if tag == "SubjectData":
             element.clear(keep_tail=True)
     return problems
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-@click.command("odm", help="CDISC ODM 1.3.2: the current data (Snapshot) or their whole history "
-                           "from the audit trail (Transactional), of the study, a site or a subject.")
-@click.option("--site", "site_code", default=None, help="One site (default: the whole study).")
-@click.option("--subject", "subject_code", default=None, help="One subject.")
-@click.option("--snapshot/--transactional", "snapshot", default=True,
-              help="The current values (default), or every change with its audit record.")
-@click.option("--as", "as_user", metavar="USERNAME", required=True,
-              help="The user who exports (holding export.run on the scope).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
-              help="Where to write the file.")
-def odm_command(site_code, subject_code, snapshot, as_user, output):
-    from ecrf.exports.cli import run_export  # cli.py imports this module at its end
-
-    run_export("odm_snapshot" if snapshot else "odm_transactional", site_code, subject_code,
-               as_user, output)
-
-
-COMMAND: click.Command = odm_command

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import click
 import sqlalchemy as sa
 from flask import current_app, render_template
 from flask_babel import get_locale
@@ -443,22 +442,3 @@ def write(scope: Scope, out: IO[bytes], progress: Progress, options: dict[str, A
             archive.writestr(info, pdf)
             del pdf, subject  # the identity map holds clean rows weakly: they go with the subject
             progress(done, total)
-
-
-# --- ``ecrf export pdf`` ---------------------------------------------------------------------------
-
-
-@click.command("pdf", help="PDF casebooks: a ZIP of one PDF per subject (a subject, a site or the study).")
-@click.option("--site", "site_code", default=None, help="One site (default: the whole study).")
-@click.option("--subject", "subject_code", default=None, help="One subject.")
-@click.option("--as", "as_user", metavar="USERNAME", required=True,
-              help="The user who exports (holding export.run on the scope).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
-              help="Where to write the ZIP file.")
-def _pdf_command(site_code, subject_code, as_user, output):
-    from ecrf.exports.cli import run_export  # cli.py imports this module at its end
-
-    run_export("pdf", site_code, subject_code, as_user, output)
-
-
-COMMAND: click.Command = _pdf_command
