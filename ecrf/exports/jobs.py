@@ -119,34 +119,35 @@ def _path(job: ExportJob) -> Path:
     return exports_dir() / job.file_name
 
 
-def _record(actor: Actor, action: str, job: ExportJob, new: str | None = None) -> None:
-    with unit_of_work(actor, Reason.system(f"export {job.kind}")) as uow:
-        uow.record(action, "export", job.id, field=job.kind,
-                   path={"site": job.site_code, "subject": job.subject_code},
-                   new=new)
+def _record(uow, action: str, job: ExportJob, new: str | None = None) -> None:
+    uow.record(action, "export", job.id, field=job.kind,
+               path={"site": job.site_code, "subject": job.subject_code}, new=new)
 
 
 def _new_job(actor: Actor, kind: str, scope: Scope, options: dict | None) -> ExportJob:
     if kind not in WRITERS:
         raise ValueError(f"no writer for export kind {kind!r}")
     site = scope.subject.site if scope.subject is not None else scope.site
-    job = ExportJob(kind=kind, site_code=site.code if site is not None else None,
-                    subject_code=scope.subject.code if scope.subject else None,
-                    options=json.dumps(options, sort_keys=True) if options else None,
-                    requested_by_id=actor.user_id)
-    db.session.add(job)
-    db.session.flush()
-    job.file_name = f"{job.id:06d}-{kind}-{scope.label.replace(' ', '-')}{SUFFIX[kind]}"
-    db.session.commit()
-    _record(actor, "export.requested", job, f"{kind} {scope.label}")
+    with unit_of_work(actor, Reason.system(f"export {kind}")) as uow:
+        job = ExportJob(kind=kind, site_code=site.code if site is not None else None,
+                        subject_code=scope.subject.code if scope.subject else None,
+                        options=json.dumps(options, sort_keys=True) if options else None,
+                        requested_by_id=actor.user_id)
+        db.session.add(job)
+        db.session.flush()
+        job.file_name = f"{job.id:06d}-{kind}-{scope.label.replace(' ', '-')}{SUFFIX[kind]}"
+        _record(uow, "export.requested", job, f"{kind} {scope.label}")
     return job
 
 
 def _run(actor: Actor, job: ExportJob, scope: Scope, progress: Progress | None = None) -> ExportJob:
     """Write the file under a temporary name, digest it, then rename it: a failed export leaves
-    no file that looks complete."""
-    job.state, job.started_at = "running", utcnow()
-    db.session.commit()
+    no file that looks complete. The job's state (not clinical data, so not audited column by
+    column) is written through the unit of work like everything else; its end is recorded in the
+    same transaction as the audit record that says so."""
+    reason = Reason.system(f"export {job.kind}")
+    with unit_of_work(actor, reason):
+        job.state, job.started_at = "running", utcnow()
     final = _path(job)
     partial = final.with_suffix(final.suffix + ".part")
     last = {"percent": -1}
@@ -155,9 +156,9 @@ def _run(actor: Actor, job: ExportJob, scope: Scope, progress: Progress | None =
         percent = min(99, int(100 * done / total)) if total else 0
         if percent != last["percent"]:
             last["percent"] = percent
-            db.session.execute(sa.update(ExportJob).where(ExportJob.id == job.id)
-                               .values(progress=percent))
-            db.session.commit()
+            with unit_of_work(actor, reason):
+                db.session.execute(sa.update(ExportJob).where(ExportJob.id == job.id)
+                                   .values(progress=percent))
         if progress is not None:
             progress(done, total)
 
@@ -174,16 +175,16 @@ def _run(actor: Actor, job: ExportJob, scope: Scope, progress: Progress | None =
     except Exception as e:
         db.session.rollback()
         partial.unlink(missing_ok=True)
-        job = db.session.get(ExportJob, job.id)
-        job.state, job.finished_at, job.error = "failed", utcnow(), str(e)[:2000]
-        db.session.commit()
-        _record(actor, "export.failed", job, str(e)[:500])
+        with unit_of_work(actor, reason) as uow:
+            job = db.session.get(ExportJob, job.id)
+            job.state, job.finished_at, job.error = "failed", utcnow(), str(e)[:2000]
+            _record(uow, "export.failed", job, str(e)[:500])
         raise
-    job = db.session.get(ExportJob, job.id)
-    job.state, job.progress, job.finished_at = "done", 100, utcnow()
-    job.size, job.sha256 = size, digest.hexdigest()
-    db.session.commit()
-    _record(actor, "export.done", job, f"{job.file_name} {size} bytes sha256:{job.sha256}")
+    with unit_of_work(actor, reason) as uow:
+        job = db.session.get(ExportJob, job.id)
+        job.state, job.progress, job.finished_at = "done", 100, utcnow()
+        job.size, job.sha256 = size, digest.hexdigest()
+        _record(uow, "export.done", job, f"{job.file_name} {size} bytes sha256:{job.sha256}")
     return job
 
 
