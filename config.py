@@ -55,6 +55,10 @@ class Config:
     API_TOKEN_DAYS = 90
     API_TOKEN_TOUCH_SECONDS = 60
     AUDIT_PER_PAGE = 50
+    # Where web exports run: "auto" (a Procrastinate job on PostgreSQL, run by
+    # `ecrf export worker`; a background thread of the app server on SQLite), "procrastinate"
+    # or "thread".
+    EXPORTS_QUEUE = "auto"
 
 
 class DevelopmentConfig(Config):
@@ -101,6 +105,8 @@ ENVIRONMENT = {
     "ECRF_SESSION_IDLE_MINUTES": ("SESSION_IDLE_MINUTES", int),
     "ECRF_DEMO_PASSWORD": ("DEMO_PASSWORD", str),
     "ECRF_API_TOKEN_DAYS": ("API_TOKEN_DAYS", int),
+    "ECRF_EXPORTS_QUEUE": ("EXPORTS_QUEUE", str),
+    "ECRF_EXPORTS_DIR": ("EXPORTS_DIR", str),
 }
 
 

@@ -99,3 +99,9 @@ def configure_engine(engine: sa.engine.Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def include_name(name, type_, parent_names) -> bool:
+    """What the migrations compare with the models: everything but the job queue's tables,
+    whose schema is Procrastinate's own (applied by a migration, see ecrf.exports.queue)."""
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))

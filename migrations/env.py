@@ -12,7 +12,7 @@ from alembic import context
 from flask import current_app
 
 from config import normalise_database_url
-from ecrf.database import configure_engine
+from ecrf.database import configure_engine, include_name
 
 config = context.config
 if config.config_file_name and not getattr(config, "_ecrf_quiet", False):
@@ -52,6 +52,7 @@ def run_migrations_online():
 
     conf_args = dict(current_app.extensions["migrate"].configure_args)
     conf_args.setdefault("process_revision_directives", process_revision_directives)
+    conf_args.setdefault("include_name", include_name)
     with get_engine().connect() as connection:
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
         with context.begin_transaction():

@@ -137,7 +137,8 @@ def fresh_app(app, databases):
     """An app on a database of its own, where commits are real (for mechanism tests)."""
     with app.app_context():
         url = databases.copy_of_template(None, _db.engine)
-    fresh = create_app("test", DATABASE_URL=url, **TOY_STUDY)
+    fresh = create_app("test", DATABASE_URL=url, **TOY_STUDY,
+                       EXPORTS_DIR=str(databases.tmp / "exports"))
     with fresh.app_context():
         yield fresh
         _db.session.remove()

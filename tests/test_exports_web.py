@@ -91,22 +91,100 @@ def test_a_failed_export_leaves_no_file_and_says_why(make, db, monkeypatch):
     assert audit_rows(action="export.failed")
 
 
-def test_the_web_export_runs_in_a_background_thread(fresh_app):
-    """Not inside the request: the job is queued, then a thread of the app runs it."""
-    from ecrf.access.grants import Access
+def _wait_until_finished(job_id: int) -> ExportJob:
     from ecrf.extensions import db
-    from tests.factories import Factories
 
-    fresh_app.config["EXPORTS_RUN_INLINE"] = False
-    dm = Factories().user("dm-thread", role="data_manager")
-    job = jobs.request(Access.for_user(dm, "audit.view").actor(), "audit_jsonl", jobs.Scope())
-    assert job.state == "queued"
     db.session.rollback()  # a reader holding SQLite's shared lock would block the job's commits
     for _ in range(200):
-        state = db.session.get(ExportJob, job.id).state
+        state = db.session.get(ExportJob, job_id).state
         db.session.rollback()
         if state in ("done", "failed"):
             break
         time.sleep(0.05)
+    return db.session.get(ExportJob, job_id)
+
+
+def _request(app, username: str) -> ExportJob:
+    from ecrf.access.grants import Access
+    from tests.factories import Factories
+
+    app.config["EXPORTS_RUN_INLINE"] = False
+    dm = Factories().user(username, role="data_manager")
+    return jobs.request(Access.for_user(dm, "audit.view").actor(), "audit_jsonl", jobs.Scope())
+
+
+def test_on_sqlite_or_when_configured_the_web_export_runs_in_a_background_thread(fresh_app):
+    """Not inside the request: the job is queued, then a thread of the app runs it."""
+    fresh_app.config["EXPORTS_QUEUE"] = "thread"
+    job = _request(fresh_app, "dm-thread")
+    assert job.state == "queued"
+    done = _wait_until_finished(job.id)
+    assert done.state == "done" and done.sha256 and jobs.file_path(done).exists()
+
+
+def _queue_rows() -> list[tuple]:
+    from ecrf.extensions import db
+
+    rows = db.session.execute(sa.text(
+        "SELECT task_name, queue_name, status::text, args FROM procrastinate_jobs ORDER BY id")).all()
+    db.session.rollback()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.postgres_only
+def test_on_postgresql_the_web_export_is_a_procrastinate_job_run_by_the_worker(fresh_app,
+                                                                              engine_name):
+    """The job is kept in the database, not in the app server: nothing runs it until a worker
+    (any machine, ``ecrf export worker``) takes it from the queue."""
+    if engine_name != "postgresql":
+        pytest.skip("the job queue is PostgreSQL's")
+    from ecrf.exports import queue
+
+    assert queue.backend(fresh_app) == "procrastinate"
+    job = _request(fresh_app, "dm-queue")
+    [(task, queue_name, status, args)] = _queue_rows()
+    assert (task, queue_name, status, args["job_id"]) == ("ecrf.export", "exports", "todo", job.id)
+    time.sleep(0.5)
+    from ecrf.extensions import db
+
+    assert db.session.get(ExportJob, job.id).state == "queued"  # no thread of the app ran it
+    db.session.rollback()
+    result = fresh_app.test_cli_runner().invoke(args=["export", "worker", "--once"])
+    assert result.exit_code == 0, result.output
     done = db.session.get(ExportJob, job.id)
     assert done.state == "done" and done.sha256 and jobs.file_path(done).exists()
+    assert hashlib.sha256(jobs.file_path(done).read_bytes()).hexdigest() == done.sha256
+    assert [r[2] for r in _queue_rows()] == ["succeeded"]
+    assert [r.username for r in audit_rows(action="export.done")] == ["dm-queue"]
+
+
+@pytest.mark.postgres_only
+def test_an_export_cut_short_by_a_stopped_worker_is_run_again_by_the_next(fresh_app, engine_name):
+    if engine_name != "postgresql":
+        pytest.skip("the job queue is PostgreSQL's")
+    from ecrf.extensions import db
+
+    job = _request(fresh_app, "dm-stalled")
+    # a worker took the job, marked the export running, then died: its heartbeat stopped an
+    # hour ago
+    with db.engine.begin() as conn:
+        worker = conn.exec_driver_sql(
+            "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') "
+            "RETURNING id").scalar_one()
+        conn.exec_driver_sql(f"UPDATE procrastinate_jobs SET status = 'doing', worker_id = {worker}")
+        conn.exec_driver_sql(f"UPDATE export_job SET state = 'running' WHERE id = {job.id}")
+    db.session.rollback()
+    result = fresh_app.test_cli_runner().invoke(args=["export", "worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "1 export job(s) left by a stopped worker were run again" in result.output
+    done = db.session.get(ExportJob, job.id)
+    assert done.state == "done" and jobs.file_path(done).exists()
+    assert [r[2] for r in _queue_rows()] == ["succeeded"]
+
+
+def test_the_worker_refuses_when_exports_run_in_threads(fresh_app):
+    fresh_app.config["EXPORTS_QUEUE"] = "thread"
+    result = fresh_app.test_cli_runner().invoke(args=["export", "worker", "--once"])
+    assert result.exit_code != 0 and "no queue to work on" in result.output
+
+

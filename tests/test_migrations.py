@@ -9,11 +9,13 @@ from alembic.script import ScriptDirectory
 from flask_migrate import downgrade
 
 from ecrf import MIGRATIONS_DIR
+from ecrf.database import include_name
 from ecrf.extensions import db as _db
 
 
 def test_autogenerate_finds_no_difference_between_models_and_migrations(db):
-    context = MigrationContext.configure(db.session.connection(), opts={"compare_type": True})
+    context = MigrationContext.configure(db.session.connection(),
+                                         opts={"compare_type": True, "include_name": include_name})
     assert compare_metadata(context, _db.metadata) == []
 
 

@@ -89,3 +89,21 @@ def pdf(site_code, subject_code, as_user, output):
 
 
 jobs.load_writers()
+
+
+@export_cli.command("worker")
+@click.option("--once", is_flag=True, help="Stop when the queue is empty (default: run until stopped).")
+@click.option("--name", default=None, help="The worker's name in the logs.")
+def worker(once, name):
+    """Run the web exports queued on PostgreSQL (several workers may run, on any machine)."""
+    from flask import current_app
+
+    from ecrf.exports import queue
+
+    app = current_app._get_current_object()
+    if queue.backend(app) != "procrastinate":
+        raise click.ClickException("Web exports run in the app server's threads on this database "
+                                   "(EXPORTS_QUEUE); there is no queue to work on.")
+    requeued = queue.run_worker(app, once=once, name=name)
+    if requeued:
+        click.echo(f"{requeued} export job(s) left by a stopped worker were run again.")

@@ -2,10 +2,11 @@
 
 Each kind of export registers a *writer* (``@writer("odm_snapshot")``): a function that streams
 the export of a scope into a binary file and reports its progress. ``export_now`` runs one in the
-caller (the CLI, with a progress bar); ``request`` queues one for the web and runs it in a
-background thread, never inside the request. Either way the request and the finished file are
-audit records (who, what, which scope, when; the file's size and SHA-256), and the file is kept
-in ``EXPORTS_DIR`` with its digest in ``export_job``.
+caller (the CLI, with a progress bar); ``request`` queues one for the web, never run inside the
+request: a Procrastinate job on PostgreSQL, a background thread on SQLite (``ecrf.exports.queue``).
+Either way the request and the finished file are audit records (who, what, which scope, when;
+the file's size and SHA-256), and the file is kept in ``EXPORTS_DIR`` with its digest in
+``export_job``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flask import Flask, current_app
 from ecrf.audit.reasons import Reason
 from ecrf.audit.unit_of_work import Actor, unit_of_work
 from ecrf.database import utcnow
+from ecrf.exports import queue
 from ecrf.exports.models import EXPORT_KINDS, ExportJob
 from ecrf.extensions import db
 from ecrf.study.models import Site, Subject
@@ -207,27 +209,36 @@ def file_path(job: ExportJob) -> Path:
 
 
 def request(actor: Actor, kind: str, scope: Scope, options: dict | None = None) -> ExportJob:
-    """Queue an export from the web and start it in a background thread of this process."""
+    """Queue an export from the web: on the job queue (PostgreSQL) or in a background thread of
+    this process (SQLite). The job row is committed before it is queued."""
     job = _new_job(actor, kind, scope, options)
     app = current_app._get_current_object()
     if app.config.get("EXPORTS_RUN_INLINE"):  # tests: run it now, in the request's thread
-        _execute(actor, job.id)
+        execute(actor, job.id)
         return db.session.get(ExportJob, job.id)
-    threading.Thread(target=_run_queued, args=(app, actor, job.id), daemon=True,
-                     name=f"export-{job.id}").start()
+    if queue.backend(app) == "procrastinate":
+        queue.defer(job.id, actor)
+    else:
+        threading.Thread(target=_run_queued, args=(app, actor, job.id), daemon=True,
+                         name=f"export-{job.id}").start()
     return job
 
 
 def _run_queued(app: Flask, actor: Actor, job_id: int) -> None:
     with app.app_context():
         try:
-            _execute(actor, job_id)
+            execute(actor, job_id)
         finally:
             db.session.remove()
 
 
-def _execute(actor: Actor, job_id: int) -> None:
+def execute(actor: Actor, job_id: int) -> None:
+    """Run a queued job (from a worker or a thread). A job found already finished is left as it
+    is; one found "running" was cut short (its worker stopped) and is run again from the start."""
     job = db.session.get(ExportJob, job_id)
+    if job is None or job.state in ("done", "failed"):
+        log.warning("export %s: nothing to run (%s)", job_id, job.state if job else "no such job")
+        return
     try:
         _run(actor, job, job_scope(job))
     except Exception:
