@@ -552,6 +552,31 @@ def test_the_dashboard_lists_casebooks_ready_to_sign_and_broken_signatures(make,
     assert elsewhere.code not in {s.code for s in site_01.ready_unsigned}
 
 
+def test_the_dashboard_hashes_only_casebooks_changed_after_their_signature(make, db, monkeypatch):
+    """The sign-off figures cost what the changes cost, not what the study weighs: a casebook
+    with no change since its signature is not hashed again; one changed and changed back is
+    hashed and found valid."""
+    pi = investigator(make, "paula-pi", "pi")
+    untouched, reverted, broken = (complete_d1(make) for _ in range(3))
+    for subject in (untouched, reverted, broken):
+        sign_directly(pi, subject, D1)
+    save_toy(reverted, weight="71")
+    save_toy(reverted, weight="70")
+    save_toy(broken, weight="72")
+    hashed = []
+    real = sig.content_hash
+    monkeypatch.setattr(sig, "content_hash",
+                        lambda subject, *a, **k: hashed.append(subject.code) or real(subject, *a, **k))
+    overview = sig.pending_and_broken()
+    assert [(s.code, st.scope) for s, st in overview.broken] == [(broken.code, D1)]
+    assert set(hashed) == {reverted.code, broken.code}
+    # negative control: every signed casebook counts as changed, and all are hashed again
+    monkeypatch.setattr(sig, "_changed_since_signed", lambda: sa.select(Signature.subject_id))
+    hashed.clear()
+    assert [(s.code, st.scope) for s, st in sig.pending_and_broken().broken] == [(broken.code, D1)]
+    assert set(hashed) == {untouched.code, reverted.code, broken.code}
+
+
 def test_a_signature_row_is_never_physically_deleted(make, db):
     from ecrf.audit.unit_of_work import AuditError
 

@@ -421,19 +421,57 @@ class SignOff:
 
 def pending_and_broken(site_ids: set[int] | None = None) -> SignOff:
     """Casebooks (at these sites; None: all) complete with no query open but never signed, and
-    every scope whose latest signature is broken."""
-    stmt = sa.select(Subject).where(sa.exists().where(FormInstance.subject_id == Subject.id))
+    every scope whose latest signature is broken.
+
+    Only candidates are checked one by one, so the cost follows the signatures and the casebooks
+    close to signing, not the size of the study: a signature can only be broken if the subject's
+    data has an audit record after the signature's own (every change of a value or a form is
+    one); a casebook can only be ready if it has forms, no casebook signature, no form outside
+    the signed statuses and no open query."""
+    result = SignOff()
+    for subject in _scoped(sa.select(Subject).where(Subject.id.in_(_changed_since_signed())),
+                           site_ids):
+        instances = subject_instances(subject)
+        result.broken += [(subject, s) for s in signature_status(subject, instances)
+                          if s.state == BROKEN]
+    has_forms = sa.exists().where(FormInstance.subject_id == Subject.id)
+    casebook_signed = sa.exists().where(Signature.subject_id == Subject.id,
+                                        Signature.visit_key.is_(None))
+    unfinished = sa.exists().where(FormInstance.subject_id == Subject.id,
+                                   FormInstance.status.not_in(SIGNED_STATUSES))
+    queried = sa.exists().where(Query.form_instance_id == FormInstance.id,
+                                FormInstance.subject_id == Subject.id,
+                                Query.state.in_(OPEN_QUERY_STATES))
+    candidates = sa.select(Subject).where(has_forms, ~casebook_signed, ~unfinished, ~queried)
+    for subject in _scoped(candidates, site_ids):
+        instances = list(db.session.scalars(sa.select(FormInstance).where(
+            FormInstance.subject_id == subject.id)))  # readiness needs no values
+        if readiness(subject, SignScope.casebook(), instances).ready:
+            result.ready_unsigned.append(subject)
+    result.broken.sort(key=lambda pair: pair[0].code)
+    return result
+
+
+def _scoped(stmt: sa.Select, site_ids: set[int] | None) -> list[Subject]:
     if site_ids is not None:
         stmt = stmt.where(Subject.site_id.in_(site_ids))
-    result = SignOff()
-    for subject in db.session.scalars(stmt.order_by(Subject.code)):
-        instances = subject_instances(subject)
-        states = signature_status(subject, instances)
-        result.broken += [(subject, s) for s in states if s.state == BROKEN]
-        casebook = states[0]
-        if casebook.state == NEVER and readiness(subject, SignScope.casebook(), instances).ready:
-            result.ready_unsigned.append(subject)
-    return result
+    return list(db.session.scalars(stmt.order_by(Subject.code)))
+
+
+def _changed_since_signed() -> sa.Select:
+    """Subjects with a latest signature (per scope) followed by a change of their data in the
+    audit trail (or whose signature has no audit record to compare with)."""
+    latest = (sa.select(sa.func.max(Signature.id))
+              .group_by(Signature.subject_id, Signature.visit_key, Signature.visit_repeat))
+    own = sa.orm.aliased(AuditRecord)
+    signed_seq = (sa.select(sa.func.max(own.seq))
+                  .where(own.entity_type == "signature", own.entity_id == sa.cast(Signature.id, sa.String))
+                  .correlate(Signature).scalar_subquery())
+    changed_after = sa.exists().where(AuditRecord.subject == Subject.code,
+                                      AuditRecord.entity_type.in_(("item", "form")),
+                                      AuditRecord.seq > signed_seq)
+    return (sa.select(Signature.subject_id).join(Subject, Subject.id == Signature.subject_id)
+            .where(Signature.id.in_(latest), sa.or_(signed_seq.is_(None), changed_after)))
 
 
 def signatures_of(subject: Subject) -> list[Signature]:
