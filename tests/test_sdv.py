@@ -21,7 +21,7 @@ from ecrf.casebook.services import Slot, Submitted, definition_for, save_form
 from ecrf.extensions import db
 from ecrf.review import closure, sdv
 from ecrf.review.closure import Scope
-from ecrf.review.models import ItemVerification, SdvPlan
+from ecrf.review.models import ItemVerification, SdvCount, SdvPlan
 from tests.factories import audit_rows
 
 TOY = "toy_vitals"
@@ -385,6 +385,40 @@ def test_the_backlog_counts_what_is_left_per_site_and_per_subject(make, db):
         required = sdv.required_items(subject)
         assert sdv.counts_by_subject(subject_ids={subject.id})[subject.id] == sdv.Counts(
             len(required), sum(1 for i in required if i.verified))
+
+
+def _kept() -> dict[int, tuple[int, int, int, int]]:
+    db.session.expire_all()
+    return {c.subject_id: (c.values_n, c.verified_n, c.critical_n, c.critical_verified_n)
+            for c in db.session.scalars(sa.select(SdvCount)) if c.values_n}
+
+
+def _change_everything(make):
+    """Saves, verifications at two sites, and a verified value changed (which clears it)."""
+    a, b = make.subject("01"), make.subject("02")
+    _save(a)
+    sdv.ensure_counts()  # filled once, then kept by every change below
+    _save(b)
+    _verify_all(make, a)
+    _save(a, {**VALUES, "weight": "72.5"}, reason=Reason("entry_error"))
+    monitor = make.user("cra-kept", role="monitor", site="02")
+    sdv.verify_items(_monitor_actor(monitor, b), b, sdv.items_of(b)[0].instance, ["fever"])
+    return a, b
+
+
+def test_the_kept_counts_agree_with_a_recount_after_every_kind_of_change(make, db):
+    """The backlog reads per-subject counts kept by every change instead of counting a large
+    study's values on each page; they must equal a count made from the values themselves."""
+    a, b = _change_everything(make)
+    assert _kept() == sdv.counted_by_subject()
+    assert _kept()[a.id] == (4, 3, 1, 0) and _kept()[b.id] == (4, 1, 1, 0)
+
+
+def test_negative_control_without_the_rule_the_kept_counts_go_stale(make, db, monkeypatch):
+    monkeypatch.setattr(capture, "FLUSH_RULES",
+                        [r for r in capture.FLUSH_RULES if r[1] != "sdv.keep_counts"])
+    _change_everything(make)
+    assert _kept() != sdv.counted_by_subject()
 
 
 def test_the_backlog_page_lists_the_monitors_sites_and_links_each_form_left(make, login_as, client,

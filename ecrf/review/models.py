@@ -295,3 +295,26 @@ class ClosureState(Audited, Base):
         if self.site is not None:
             return {"site": self.site.code}
         return {}
+
+
+class SdvCount(Base):
+    """Per subject, the verifiable values and how many are verified (all items, and the critical
+    ones), kept current in the transaction of every change (``ecrf.review.sdv``) so the backlog
+    of a large study is read, not recounted. Derived from audited rows, so not audited itself."""
+
+    __tablename__ = "sdv_count"
+
+    subject_id: Mapped[int] = mapped_column(sa.ForeignKey("subject.id"), primary_key=True)
+    values_n: Mapped[int] = mapped_column(sa.Integer, default=0)
+    verified_n: Mapped[int] = mapped_column(sa.Integer, default=0)
+    critical_n: Mapped[int] = mapped_column(sa.Integer, default=0)
+    critical_verified_n: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class SummaryState(Base):
+    """Which kept summaries (e.g. ``sdv_count``) have been filled for the whole study once."""
+
+    __tablename__ = "summary_state"
+
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    filled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

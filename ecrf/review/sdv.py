@@ -26,13 +26,13 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from ecrf.audit.capture import flush_rule
 from ecrf.audit.reasons import Reason
-from ecrf.audit.unit_of_work import Actor, unit_of_work
+from ecrf.audit.unit_of_work import UOW_KEY, Actor, unit_of_work
 from ecrf.casebook.models import VALUE_COLUMNS, FormInstance, ItemValue
 from ecrf.database import utcnow
 from ecrf.extensions import db
 from ecrf.forms.definition import CRF, Item
 from ecrf.i18n import Message, msg
-from ecrf.review.models import ItemVerification, SdvPlan
+from ecrf.review.models import ItemVerification, SdvCount, SdvPlan, SummaryState
 from ecrf.study.models import Site, Subject
 
 PLAN_ID = 1
@@ -360,18 +360,105 @@ def _required(selected: bool, values: int, verified: int, critical: int,
 
 def counts_by_subject(site_ids: set[int] | None = None, *,
                       subject_ids: set[int] | None = None) -> dict[int, Counts]:
-    """Required and verified values per subject id (subjects with no value are left out)."""
+    """Required and verified values per subject id (subjects with no value are left out), read
+    from the kept per-subject counts (``sdv_count``)."""
     plan = current_plan()
-    subjects = sa.select(Subject.id, Subject.code)
+    ensure_counts()
+    stmt = (sa.select(Subject.id, Subject.code, SdvCount.values_n, SdvCount.verified_n,
+                      SdvCount.critical_n, SdvCount.critical_verified_n)
+            .join(SdvCount, SdvCount.subject_id == Subject.id).where(SdvCount.values_n > 0))
     if site_ids is not None:
-        subjects = subjects.where(Subject.site_id.in_(site_ids))
+        stmt = stmt.where(Subject.site_id.in_(site_ids))
     if subject_ids is not None:
-        subjects = subjects.where(Subject.id.in_(subject_ids))
-    where = [] if site_ids is None and subject_ids is None else [
-        FormInstance.subject_id.in_(subjects.with_only_columns(Subject.id).scalar_subquery())]
-    codes = dict(db.session.execute(subjects).all())
-    return {subject_id: _required(plan.selects(codes[subject_id]), *numbers)
+        stmt = stmt.where(Subject.id.in_(subject_ids))
+    return {subject_id: _required(plan.selects(code), *numbers)
+            for subject_id, code, *numbers in db.session.execute(stmt)}
+
+
+def counted_by_subject(subject_ids: set[int] | None = None) -> dict[int, tuple[int, int, int, int]]:
+    """The raw numbers counted from the values themselves (what ``sdv_count`` keeps)."""
+    where = [] if subject_ids is None else [FormInstance.subject_id.in_(subject_ids)]
+    return {subject_id: tuple(numbers)
             for subject_id, *numbers in _raw_counts((FormInstance.subject_id,), where)}
+
+
+# --- the kept counts ---------------------------------------------------------------------------
+
+COUNTS_KEY = "sdv.recount"
+COUNTS_SUMMARY = "sdv_count"
+
+
+def _store_counts(session: Session, subject_ids: set[int]) -> None:
+    """Recount these subjects from their values and write the numbers (a row per subject)."""
+    counted = counted_by_subject(subject_ids)
+    kept = {c.subject_id: c for c in session.scalars(
+        sa.select(SdvCount).where(SdvCount.subject_id.in_(subject_ids)))}
+    for subject_id in subject_ids:
+        row = kept.get(subject_id) or SdvCount(subject_id=subject_id)
+        (row.values_n, row.verified_n, row.critical_n,
+         row.critical_verified_n) = counted.get(subject_id, (0, 0, 0, 0))
+        session.add(row)
+    session.flush()
+
+
+@flush_rule(60, "sdv.keep_counts")
+def keep_counts(session: Session, touched: list) -> None:
+    """Note the values, verifications and forms a flush writes; once the unit of work has
+    appended its audit records (holding the chain head lock, so one transaction at a time),
+    their subjects are recounted in the same transaction. Every path that changes a value or a
+    verification passes here, like the audit capture."""
+    relevant = [o for o in touched if isinstance(o, ItemValue | ItemVerification | FormInstance)]
+    if not relevant:
+        return
+    pending = session.info.get(COUNTS_KEY)
+    if pending is None:
+        pending = session.info[COUNTS_KEY] = []
+        session.info[UOW_KEY].after_append.append(_recount_touched)
+    pending.extend(relevant)
+
+
+def _recount_touched(session: Session, _seqs) -> None:
+    touched = session.info.pop(COUNTS_KEY, [])
+    value_ids = {o.id for o in touched if isinstance(o, ItemValue)}
+    value_ids |= {o.item_value_id for o in touched if isinstance(o, ItemVerification)}
+    subject_ids = {o.subject_id for o in touched if isinstance(o, FormInstance)}
+    if value_ids:
+        subject_ids |= set(session.scalars(
+            sa.select(FormInstance.subject_id).join(ItemValue).where(ItemValue.id.in_(value_ids))))
+    if subject_ids and _filled(session):
+        _store_counts(session, subject_ids)
+
+
+def _filled(session: Session) -> bool:
+    return session.get(SummaryState, COUNTS_SUMMARY) is not None
+
+
+def ensure_counts() -> None:
+    """Fill ``sdv_count`` for the whole study the first time it is read (a new database, or one
+    migrated from before the counts were kept). The chain head lock keeps writers out while the
+    study is counted; a writer that waited for it then recounts its own subjects."""
+    if _filled(db.session):
+        return
+    if db.session.info.get(UOW_KEY) is not None:
+        _fill(db.session)
+        return
+    from ecrf.auth.services import system_actor
+
+    with unit_of_work(system_actor(), Reason.system("SDV counts filled for the study")):
+        _fill(db.session)
+
+
+def _fill(session: Session) -> None:
+    from ecrf.audit import chain
+
+    chain.lock(session)
+    if _filled(session):
+        return
+    subject_ids = set(session.scalars(sa.select(Subject.id)))
+    if subject_ids:
+        _store_counts(session, subject_ids)
+    session.add(SummaryState(name=COUNTS_SUMMARY))
+    session.flush()
 
 
 def counts_by_form(subject: Subject) -> dict[int, Counts]:
