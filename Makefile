@@ -10,10 +10,20 @@ PORT   ?= 5000
 # The PostgreSQL server the suite runs on; each run creates (and drops) a database of its own.
 PG_TEST_URL ?= postgresql://127.0.0.1:5432/test
 
+# Benchmarks on PostgreSQL ($(PG_BENCH)): the full run writes docs/performance.md (about an hour
+# the first time, to generate the 5,000-subject study; its dump is reused afterwards).
+PG_BENCH ?= postgresql://127.0.0.1:5432
 bench: $(STAMP)
+	$(BIN)/python bench/run.py --server $(PG_BENCH)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick --server $(PG_BENCH) --docs ''
+
+# The exports' peak memory on the embedded SQLite default (50 and 2000 subjects).
+bench-exports: $(STAMP)
 	$(BIN)/python bench/exports_memory.py --subjects 50 2000
 
-.PHONY: bench run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
+.PHONY: bench bench-quick bench-exports run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
