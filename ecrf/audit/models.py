@@ -92,6 +92,8 @@ class AuditRecord(Base):
     __table_args__ = (
         sa.Index("ix_audit_trail_entity", "entity_type", "entity_id", "seq"),
         sa.Index("ix_audit_trail_item", "subject", "form", "item", "seq"),
+        #: the audit viewer's user filter, newest first
+        sa.Index("ix_audit_trail_username", "username", "seq"),
     )
 
 

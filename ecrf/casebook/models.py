@@ -43,7 +43,8 @@ class FormInstance(Audited, Base):
     visit_key: Mapped[str] = mapped_column(sa.String(32))
     #: 1 for a scheduled visit; unscheduled visits are numbered 1, 2, ...
     visit_repeat: Mapped[int] = mapped_column(sa.Integer, default=1)
-    crf_key: Mapped[str] = mapped_column(sa.String(64))
+    #: indexed for the lists of one CRF across subjects (serious adverse events on the study home)
+    crf_key: Mapped[str] = mapped_column(sa.String(64), index=True)
     #: 1 for a single form; repeating forms (adverse events, dosing...) are numbered 1, 2, ...
     form_repeat: Mapped[int] = mapped_column(sa.Integer, default=1)
     #: the definition version the data were entered against; display and export use it

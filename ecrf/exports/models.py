@@ -29,7 +29,7 @@ class ExportJob(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(24))
     #: None: the whole study; otherwise a site code or a subject code
-    site_code: Mapped[str | None] = mapped_column(sa.String(8))
+    site_code: Mapped[str | None] = mapped_column(sa.String(8), index=True)
     subject_code: Mapped[str | None] = mapped_column(sa.String(16))
     #: filters of an audit export (JSON text), None otherwise
     options: Mapped[str | None] = mapped_column(sa.Text)
