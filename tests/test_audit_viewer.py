@@ -382,3 +382,13 @@ def test_an_items_history_links_auditors_to_its_full_audit_trail(world, make, lo
                 if (r.subject, r.visit, r.form, r.item) == (first.code, "D1", TOY, "weight")]
     assert shown == expected
     assert {r.entity_type for r in _all() if r.seq in shown} == {"item", "sdv"}
+
+
+def test_the_unfiltered_total_is_the_head_seq_and_equals_a_count(world):
+    """The whole trail's total is read from the last seq, not counted (the chain proves seq has
+    no gaps); it must equal a count of the rows."""
+    filters, _errors = viewer.Filters.parse({})
+    shown = viewer.page(filters, 1, 10)
+    assert shown.total == len(_all()) == viewer.head_seq()
+    filtered, _errors = viewer.Filters.parse({"action": "create"})
+    assert viewer.page(filtered, 1, 10).total == len([r for r in _all() if r.action == "create"])
