@@ -28,7 +28,7 @@ bench-exports: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,prod]'
+	$(BIN)/pip install --quiet -e '.[test,prod,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
