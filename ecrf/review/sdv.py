@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask_babel import lazy_gettext as _l
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, attributes
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -320,18 +321,41 @@ class SubjectBacklog(NamedTuple):
     left: int
 
 
-def _items_where(predicate) -> sa.ColumnElement[bool]:
-    """SQL for "the item of this value, in its form's definition version, satisfies predicate".
+#: the item kinds counted: values that can be verified, and the critical ones among them
+ITEM_KINDS = {
+    "verifiable": lambda item: not item.derived,
+    "critical": lambda item: item.critical and not item.derived,
+}
+
+
+def _item_keys(kind: str) -> list[str]:
+    """"crf:version:item" of every item of this kind, in every definition version (worked out
+    once per registry: the definitions do not change while the app runs)."""
+    registry = _registry()
+    cache = registry.__dict__.setdefault("_sdv_item_keys", {})
+    if kind not in cache:
+        cache[kind] = sorted(f"{crf_key}:{version}:{item.key}"
+                             for crf_key, versions in registry.crfs.items()
+                             for version, crf in versions.items() for item in crf.items
+                             if ITEM_KINDS[kind](item))
+    return cache[kind]
+
+
+def _items_where(kind: str) -> sa.ColumnElement[bool]:
+    """SQL for "the item of this value, in its form's definition version, is of this kind".
 
     One IN on "crf:version:item" rather than an OR per definition: PostgreSQL hashes the list,
-    which counts a whole trial's values several times faster.
+    which counts a whole trial's values several times faster. On PostgreSQL the list is one
+    array parameter, not hundreds of bound values to expand on every save's recount.
     """
-    keys = sorted(f"{crf_key}:{version}:{item.key}"
-                  for crf_key, versions in _registry().crfs.items()
-                  for version, crf in versions.items() for item in crf.items if predicate(item))
+    keys = _item_keys(kind)
     full_key = (FormInstance.crf_key + ":" + sa.cast(FormInstance.crf_version, sa.String) + ":"
                 + ItemValue.item_key)
-    return full_key.in_(keys) if keys else sa.false()
+    if not keys:
+        return sa.false()
+    if db.session.get_bind().dialect.name == "postgresql":
+        return full_key == sa.any_(sa.bindparam(f"sdv_{kind}_keys", keys, type_=ARRAY(sa.String)))
+    return full_key.in_(keys)
 
 
 def _one(condition) -> sa.ColumnElement[int]:
@@ -341,14 +365,14 @@ def _one(condition) -> sa.ColumnElement[int]:
 def _raw_counts(group_by: tuple, where: list) -> list[tuple]:
     """Per group: (*group, values, verified, critical values, critical verified); only values
     that can be verified (saved, known, not derived)."""
-    critical = _items_where(lambda i: i.critical and not i.derived)
+    critical = _items_where("critical")
     verified = ItemVerification.verified.is_(True)
     stmt = (sa.select(*group_by, sa.func.count(ItemValue.id), _one(verified), _one(critical),
                       _one(sa.and_(critical, verified)))
             .select_from(ItemValue)
             .join(FormInstance, ItemValue.form_instance_id == FormInstance.id)
             .outerjoin(ItemVerification, ItemVerification.item_value_id == ItemValue.id)
-            .where(_has_value_clause(), _items_where(lambda i: not i.derived), *where)
+            .where(_has_value_clause(), _items_where("verifiable"), *where)
             .group_by(*group_by))
     return [tuple(r) for r in db.session.execute(stmt)]
 
