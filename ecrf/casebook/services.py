@@ -357,7 +357,8 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
 def _write(actor, subject, crf, slot, instance, values, old_text, new_text, status, reason, token,
            soft, query=None) -> FormInstance:
     with unit_of_work(actor, reason) as uow:
-        if instance is None:
+        created = instance is None
+        if created:  # inserted with its status: no second UPDATE of the new row
             form_repeat = slot.form_repeat or _next_repeat(subject, crf.key, slot)
             instance = FormInstance(subject=subject, visit_key=slot.visit_key,
                                     visit_repeat=slot.visit_repeat, crf_key=crf.key,
@@ -365,7 +366,7 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
                                     status=status.value)
             db.session.add(instance)
             db.session.flush()
-        rows = {v.item_key: v for v in instance.values}
+        rows = {} if created else {v.item_key: v for v in instance.values}
         for item in crf.items:
             if new_text[item.key] == old_text[item.key]:
                 continue
@@ -376,9 +377,10 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
             if item.derived:
                 row.audit_reason = DERIVED_REASON
             _apply(item, row, values.get(item.key))
-        instance.audit_reason = STATUS_REASON  # the status follows the data just saved
-        instance.status = status.value
-        instance.updated_at = utcnow()
+        if not created:
+            instance.audit_reason = STATUS_REASON  # the status follows the data just saved
+            instance.status = status.value
+            instance.updated_at = utcnow()
         if token:
             db.session.add(Submission(token=token, form_instance_id=instance.id))
         for finding in soft:
