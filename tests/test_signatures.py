@@ -553,13 +553,14 @@ def test_the_dashboard_lists_casebooks_ready_to_sign_and_broken_signatures(make,
 
 
 def test_the_dashboard_hashes_only_casebooks_changed_after_their_signature(make, db, monkeypatch):
-    """The sign-off figures cost what the changes cost, not what the study weighs: a casebook
-    with no change since its signature is not hashed again; one changed and changed back is
-    hashed and found valid."""
+    """The sign-off figures cost what the changes cost, not what the study weighs: a visit with
+    no change since its signature is not hashed again (data entered at another visit does not
+    touch it); one changed and changed back is hashed and found valid."""
     pi = investigator(make, "paula-pi", "pi")
     untouched, reverted, broken = (complete_d1(make) for _ in range(3))
     for subject in (untouched, reverted, broken):
         sign_directly(pi, subject, D1)
+    save_at_another_visit(untouched)
     save_toy(reverted, weight="71")
     save_toy(reverted, weight="70")
     save_toy(broken, weight="72")

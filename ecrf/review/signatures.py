@@ -459,17 +459,22 @@ def _scoped(stmt: sa.Select, site_ids: set[int] | None) -> list[Subject]:
 
 
 def _changed_since_signed() -> sa.Select:
-    """Subjects with a latest signature (per scope) followed by a change of their data in the
-    audit trail (or whose signature has no audit record to compare with)."""
+    """Subjects with a latest signature (per scope) followed by a change of the data it covers
+    in the audit trail (any visit for a casebook, its own visit for a visit), or whose signature
+    has no audit record to compare with."""
     latest = (sa.select(sa.func.max(Signature.id))
               .group_by(Signature.subject_id, Signature.visit_key, Signature.visit_repeat))
     own = sa.orm.aliased(AuditRecord)
     signed_seq = (sa.select(sa.func.max(own.seq))
                   .where(own.entity_type == "signature", own.entity_id == sa.cast(Signature.id, sa.String))
                   .correlate(Signature).scalar_subquery())
+    visit_label = sa.case((Signature.visit_repeat == 1, Signature.visit_key),
+                          else_=Signature.visit_key + "#" + sa.cast(Signature.visit_repeat, sa.String))
     changed_after = sa.exists().where(AuditRecord.subject == Subject.code,
                                       AuditRecord.entity_type.in_(("item", "form")),
-                                      AuditRecord.seq > signed_seq)
+                                      AuditRecord.seq > signed_seq,
+                                      sa.or_(Signature.visit_key.is_(None),  # a casebook: any
+                                             AuditRecord.visit == visit_label))
     return (sa.select(Signature.subject_id).join(Subject, Subject.id == Signature.subject_id)
             .where(Signature.id.in_(latest), sa.or_(signed_seq.is_(None), changed_after)))
 
