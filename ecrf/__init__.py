@@ -176,7 +176,14 @@ def _register_hooks(app: Flask) -> None:
     @app.context_processor
     def _helpers():
         def can(permission: str) -> bool:
-            return current_user.is_authenticated and bool(Access.for_user(current_user, permission))
+            """Asked many times while one page renders: the answer is kept for the request."""
+            if not current_user.is_authenticated:
+                return False
+            held = g.setdefault("template_permissions", {})
+            key = (current_user.get_id(), permission)
+            if key not in held:
+                held[key] = bool(Access.for_user(current_user, permission))
+            return held[key]
 
         from flask_babel import get_locale
 
