@@ -73,6 +73,171 @@ def _study_section(results: dict) -> list[str]:
     return lines
 
 
+def _ms(stat: dict) -> str:
+    return f"{stat['median']:,.0f}"
+
+
+def _http_section(http: dict) -> list[str]:
+    meta = http.get("meta", {})
+    lines = ["## Through HTTP (gunicorn on loopback)", "",
+             f"`bench/http_load.py`: {meta.get('workers')} {meta.get('worker_class')} workers, "
+             f"clients with {meta.get('client')}, {meta.get('plan', {}).get('repeats')} repeats. "
+             "Latencies: the median over repeats of each repeat's p50 and p95, in ms.", ""]
+    if "save_latency" in http:
+        r = http["save_latency"]
+        lines += ["| one client | p50 ms | p95 ms |", "|---|---|---|",
+                  f"| save a daily SOFA form (POST) | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} |",
+                  f"| open the form (GET) | {_ms(r['form_get_p50_ms'])} | {_ms(r['form_get_p95_ms'])} |",
+                  ""]
+    if "save_throughput" in http:
+        lines += ["| concurrent clients | saves/s median (p95) | save p50 ms | save p95 ms |",
+                  "|---|---|---|---|"]
+        for n, r in sorted(http["save_throughput"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n} | {_mp(r['saves_per_s'], '{:,.1f}')} | {_ms(r['p50_ms'])} | "
+                         f"{_ms(r['p95_ms'])} |")
+        so = http.get("scale_out", {}).get("save_throughput")
+        if so:
+            lines.append(f"| {so['clients']}, over two app servers | {_mp(so['saves_per_s'], '{:,.1f}')} | "
+                         f"{_ms(so['p50_ms'])} | {_ms(so['p95_ms'])} |")
+        lines.append("")
+    if "pages" in http:
+        lines += ["| page | p50 ms | p95 ms |", "|---|---|---|"]
+        for name, r in http["pages"].items():
+            lines.append(f"| {name} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} |")
+        lines.append("")
+    scale = http.get("scale_out")
+    if scale:
+        enrol = scale.get("enrolment", {})
+        sessions = scale.get("sessions", {})
+        verify = scale.get("audit_verify", {})
+        lines += ["### Two app servers on one database", "",
+                  f"- Sessions: a login on either server works on the other "
+                  f"({', '.join(k for k, v in sessions.items() if v)}: "
+                  f"{'all passed' if sessions and all(sessions.values()) else 'FAILED'}).",
+                  f"- Enrolment: {enrol.get('enrolled')} of {enrol.get('attempted')} concurrent "
+                  f"enrolments over both servers; duplicate codes in the database: "
+                  f"{len(enrol.get('duplicate_codes_in_db', []))}; consecutive per site: "
+                  f"{enrol.get('codes_consecutive_per_site')}.",
+                  f"- `ecrf audit verify` afterwards: {'Chain OK' if verify.get('ok') else 'FAILED'}.",
+                  f"- Failed requests in the whole HTTP run: {http.get('failed_requests')}.", ""]
+    return lines
+
+
+def _side_section(side: dict, http: dict | None) -> list[str]:
+    lines = ["## Side by side: the cost of the audit trail", "",
+             "`bench/side_by_side.py`, in-process saves of a new daily SOFA form "
+             f"({side.get('subjects')} subjects in the database it ran on).", ""]
+    a = side.get("a_audit_vs_plain")
+    if a:
+        rows = a["rows_per_save"]
+        lines += [f"Each save writes {rows['form_instance']} form, {rows['item_value']} item values, "
+                  f"{rows['audit_trail']} audit rows and their values; the audited save issues "
+                  f"{a['statements_per_save']['audited']} statements, the plain ORM save "
+                  f"{a['statements_per_save']['plain_orm']}.", "",
+                  "| save | median ms | p95 ms |", "|---|---|---|",
+                  f"| audited (`save_form`: checks, derived values, audit, hash chain) | "
+                  f"{a['audited_ms']['median']:.1f} | {a['audited_ms']['p95']:.1f} |",
+                  f"| plain ORM write of the same rows into mirror tables | "
+                  f"{a['plain_orm_ms']['median']:.1f} | {a['plain_orm_ms']['p95']:.1f} |",
+                  f"| plain Core inserts of the same rows | {a['plain_core_ms']['median']:.1f} | "
+                  f"{a['plain_core_ms']['p95']:.1f} |", "",
+                  f"Audited / plain ORM: **{a['ratio_audited_over_plain_orm']['median']:.2f}x** "
+                  f"(target {TARGETS['audit_overhead']}x). The audit capture and the hash chain are "
+                  f"{a['breakdown']['audit_share']:.0%} of the audited save's time "
+                  f"({a['breakdown']['audit_ms_per_save']:.1f} ms, sampled with pyinstrument); the "
+                  f"chain head lock is held {a['chain_lock']['held_ms']['median']:.1f} ms per save "
+                  f"(median), a ceiling of about {a['chain_lock']['ceiling_saves_per_s']:.0f} saves/s "
+                  "for the whole study.", ""]
+        categories = a["breakdown"].get("categories") or []
+        if categories and isinstance(categories[0], dict):
+            lines += ["| where the audited save's time goes | share |", "|---|---|"]
+            for c in categories:
+                name = c.get("name") or c.get("category")
+                share = c.get("share")
+                if name is not None and share is not None:
+                    lines.append(f"| {name} | {share:.0%} |")
+            lines.append("")
+    b = side.get("b_continuum")
+    if b:
+        o, c = b["ours"], b["continuum"]
+        lines += [f"Against SQLAlchemy-Continuum {b['continuum_version']} versioning the same kind "
+                  "of rows (a new form with its items, then a correction of a few values):", "",
+                  "| | create median / p95 ms | correction median / p95 ms | saves/s |",
+                  "|---|---|---|---|",
+                  f"| ours | {o['create_ms']['median']:.1f} / {o['create_ms']['p95']:.1f} | "
+                  f"{o['update_ms']['median']:.1f} / {o['update_ms']['p95']:.1f} | "
+                  f"{o['saves_per_s']['median']:.1f} |",
+                  f"| Continuum | {c['create_ms']['median']:.1f} / {c['create_ms']['p95']:.1f} | "
+                  f"{c['update_ms']['median']:.1f} / {c['update_ms']['p95']:.1f} | "
+                  f"{c['saves_per_s']['median']:.1f} |", "",
+                  f"Ours / Continuum, saves per second: {b['ratio_ours_over_continuum']['saves_per_s']:.2f}. "
+                  "Ours also parses, derives, runs edit checks, asks a reason, salts and digests each "
+                  "value and chains the rows; Continuum does none of these.", ""]
+    c = side.get("c_pgbench")
+    if c:
+        lines += [f"Against `pgbench -f` replaying the {c['captured']['statements']} statements of one "
+                  "save captured from the server log (same rows; unique values made pgbench "
+                  f"variables; `-M {c['pgbench_mode']}`), on the same PostgreSQL:", "",
+                  "| clients | pgbench tps | ours in-process saves/s | share | ours over HTTP saves/s "
+                  "| share |",
+                  "|---|---|---|---|---|---|"]
+        http_rates = (http or {}).get("save_throughput", {})
+        for n, tps in sorted(c["pgbench_tps"].items(), key=lambda kv: int(kv[0])):
+            ours = c["ours_saves_per_s"].get(n)
+            web = http_rates.get(n, {}).get("saves_per_s", {}).get("median")
+            lines.append(f"| {n} | {tps:,.1f} | {ours:,.1f} | {ours / tps:.0%} | "
+                         + (f"{web:,.1f} | {web / tps:.0%} |" if web else "- | - |"))
+        lines.append("")
+    return lines
+
+
+def _targets_section(results: dict) -> list[str]:
+    """Each target of the issue, reached or not, from the figures above."""
+    rows = []
+    largest = max(results["sizes"], key=int)
+    cli = results["sizes"][largest].get("cli", {})
+    http = results.get("http", {})
+    side = results.get("side_by_side", {})
+    if "save_latency" in http:
+        p95 = http["save_latency"]["p95_ms"]["median"]
+        rows.append(("save p95, one client", f"{p95:,.0f} ms", f"<= {TARGETS['save_p95_ms']} ms",
+                     p95 <= TARGETS["save_p95_ms"]))
+    if "pages" in http:
+        worst = max(http["pages"].items(), key=lambda kv: kv[1]["p95_ms"]["median"])
+        rows.append(("slowest page p95", f"{worst[1]['p95_ms']['median']:,.0f} ms ({worst[0]})",
+                     f"<= {TARGETS['page_p95_ms']} ms",
+                     worst[1]["p95_ms"]["median"] <= TARGETS["page_p95_ms"]))
+    if "a_audit_vs_plain" in side:
+        ratio = side["a_audit_vs_plain"]["ratio_audited_over_plain_orm"]["median"]
+        rows.append(("audited / plain save", f"{ratio:.2f}x", f"<= {TARGETS['audit_overhead']}x",
+                     ratio <= TARGETS["audit_overhead"]))
+    if "c_pgbench" in side:
+        shares = side["c_pgbench"]["ratio_ours_over_pgbench"]
+        low = min(shares.values())
+        rows.append(("share of pgbench's commit rate (in-process, worst client count)", f"{low:.0%}",
+                     f">= {TARGETS['pgbench_share']:.0%}", low >= TARGETS["pgbench_share"]))
+    for kind in ("odm_snapshot", "odm_transactional"):
+        if kind in cli:
+            rate = cli[kind]["item_data_per_second"]["median"]
+            rows.append((f"{kind.replace('_', ' ')} ItemData/s at {largest}", f"{rate:,.0f}",
+                         f">= {TARGETS['odm_item_data_per_second']:,}",
+                         rate >= TARGETS["odm_item_data_per_second"]))
+            peaks = [results["sizes"][n]["cli"][kind]["peak_mb"]["median"]
+                     for n in results["sizes"] if "cli" in results["sizes"][n]]
+            rows.append((f"{kind.replace('_', ' ')} peak memory", f"{max(peaks):,.0f} MB "
+                         f"({min(peaks):,.0f} to {max(peaks):,.0f})", f"< {TARGETS['odm_peak_mb']} MB, "
+                         "flat within 20 %", max(peaks) < TARGETS["odm_peak_mb"]
+                         and max(peaks) <= 1.2 * min(peaks)))
+    if "audit_verify" in cli:
+        rate = cli["audit_verify"]["rows_per_second"]["median"]
+        rows.append((f"`ecrf audit verify` at {largest}", f"{rate:,.0f} rows/s",
+                     f">= {TARGETS['verify_rows_per_second']:,}", rate >= TARGETS["verify_rows_per_second"]))
+    if not rows:
+        return []
+    return ["## Targets", "", "| target | reached | wanted | |", "|---|---|---|---|",
+            *[f"| {name} | {got} | {want} | {_verdict(ok)} |" for name, got, want, ok in rows], ""]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     lines = [
@@ -87,9 +252,11 @@ def render(results: dict) -> str:
     ]
     lines += _study_section(results)
     lines += _cli_section(results)
-    for section in ("http", "side_by_side"):
-        if section in results and "markdown" in results[section]:
-            lines += [results[section]["markdown"], ""]
+    if "http" in results:
+        lines += _http_section(results["http"])
+    if "side_by_side" in results:
+        lines += _side_section(results["side_by_side"], results.get("http"))
+    lines += _targets_section(results)
     if results.get("notes"):
         lines += ["## Notes", "", *results["notes"], ""]
     return "\n".join(lines)

@@ -114,6 +114,9 @@ def working_copy(server: Server, cache: Path, n: int) -> str:
     server.recreate(name)
     subprocess.run(["pg_restore", "--no-owner", "-d", server.database_url(name),
                     str(cache / f"demo-{n}.dump")], check=True)
+    # a dump made before a newer migration is brought to the code's schema first
+    subprocess.run([ECRF, "db", "upgrade"], env=ecrf_env(server.database_url(name), cache / name),
+                   check=True, capture_output=True)
     subprocess.run(["psql", "-X", "-q", "-d", server.database_url(name), "-c", "VACUUM ANALYZE"],
                    check=True)
     return name
