@@ -70,7 +70,7 @@ class AuditRecord(Base):
     entity_type: Mapped[str] = mapped_column(sa.String(32))
     entity_id: Mapped[str | None] = mapped_column(sa.String(64))
     site: Mapped[str | None] = mapped_column(sa.String(8), index=True)
-    subject: Mapped[str | None] = mapped_column(sa.String(16), index=True)
+    subject: Mapped[str | None] = mapped_column(sa.String(16))
     visit: Mapped[str | None] = mapped_column(sa.String(32))
     form: Mapped[str | None] = mapped_column(sa.String(64))
     item: Mapped[str | None] = mapped_column(sa.String(64))
@@ -92,6 +92,8 @@ class AuditRecord(Base):
     __table_args__ = (
         sa.Index("ix_audit_trail_entity", "entity_type", "entity_id", "seq"),
         sa.Index("ix_audit_trail_item", "subject", "form", "item", "seq"),
+        #: a subject's rows after a given seq (changes since a signature), and the subject filter
+        sa.Index("ix_audit_trail_subject", "subject", "seq"),
         #: the audit viewer's user filter, newest first
         sa.Index("ix_audit_trail_username", "username", "seq"),
     )
