@@ -390,8 +390,6 @@ def test_every_api_list_endpoint_is_served_by_indexes(client, study, username):
      "Seq Scan on audit_trail (Filter: ((username)::text = 'investigator'::text))"),
     ("investigator", "/exports/", "ix_export_job_site_code",
      "Seq Scan on export_job (Filter: ((site_code)::text = '01'::text))"),
-    ("datamanager", "/", "ix_form_instance_crf_key",
-     "Seq Scan on form_instance (Filter: ((crf_key)::text = '"),  # adverse events, deaths
 ])
 def test_negative_control_without_the_index_of_a_list_the_check_fails(app, client, study, username,
                                                                        url, index, found):
