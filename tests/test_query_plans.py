@@ -26,7 +26,7 @@ others hold a few rows per site, user or study (``site``, ``user``, ``grant``,
 index, and a page may.
 
 The negative controls drop an index a list relies on (the audit viewer's user filter, a site's
-exports, one CRF's forms) and show that the check then fails. PostgreSQL only: on SQLite the
+exports) and show that the check then fails. PostgreSQL only: on SQLite the
 module is skipped.
 """
 
