@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 TARGETS = {
     "save_p95_ms": 50, "page_p95_ms": 150, "audit_overhead": 1.5, "pgbench_share": 0.25,
     "odm_item_data_per_second": 50_000, "odm_peak_mb": 250, "verify_rows_per_second": 200_000,
@@ -259,4 +261,7 @@ def render(results: dict) -> str:
     lines += _targets_section(results)
     if results.get("notes"):
         lines += ["## Notes", "", *results["notes"], ""]
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.exists():
+        lines += [analysis.read_text(encoding="utf-8").rstrip(), ""]
     return "\n".join(lines)
