@@ -66,6 +66,9 @@ def _study_section(results: dict) -> list[str]:
                      + " | ".join(f"{results['sizes'][n]['counts'][key]:,}" for n in sizes) + " |")
     lines.append("| generation (once), subjects/min | " + " | ".join(
         f"{results['sizes'][n]['build']['subjects_per_minute']:,.0f}" for n in sizes) + " |")
+    for n in sizes:
+        if results["sizes"][n]["build"].get("note"):
+            lines += ["", f"The {n}-subject study was {results['sizes'][n]['build']['note']}."]
     if "demo" in results:
         demo = results["demo"]
         lines += ["", f"Demo generation repeated at {demo['subjects']} subjects: "
