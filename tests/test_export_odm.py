@@ -316,6 +316,48 @@ def test_check_transactions_reports_a_change_without_audit_record(study, tmp_pat
     assert any("ItemData has TransactionType Insert but no AuditRecord" in p for p in problems)
 
 
+# --- the text of the file -----------------------------------------------------------------------
+
+AWKWARD = 'a < b & "c" > d\ttab\r\nline \'é\' ✓'
+
+
+@pytest.mark.parametrize("kind", ["odm_snapshot", "odm_transactional"])
+def test_the_clinical_data_are_written_byte_for_byte_as_lxml_writes_them(study, kind):
+    """The clinical data are written as text, not lxml trees (speed): the same bytes lxml writes
+    of the same elements, escapes included, and the values read back as they were saved."""
+    save_toy(study.other, {"weight": "81", "fever": "N", "comment": AWKWARD},
+             reason=Reason("entry_error", 'the "weight" <was> & is'))
+    data = study.export(kind).read_bytes()
+    root = etree.fromstring(data, etree.XMLParser(remove_blank_text=True))
+    clinical = root.find("o:ClinicalData", NS)
+    assert len(clinical) >= 2
+    written = data[data.index(b"<SubjectData"):data.rindex(b"</ClinicalData>")]
+    assert written == b"".join(etree.tostring(s, encoding="UTF-8", pretty_print=True) for s in clinical)
+    assert data.endswith(b"</SubjectData>\n</ClinicalData>\n</ODM>")
+    assert item_data(root, "I.TOY_VITALS.COMMENT", "02-001")[-1].get("Value") == AWKWARD
+    if kind == "odm_transactional":
+        reasons = root.findall(".//o:SubjectData[@SubjectKey='02-001']//o:ReasonForChange", NS)
+        assert 'entry_error: the "weight" <was> & is' in {r.text for r in reasons}
+
+
+def test_text_is_escaped_and_refused_as_lxml_does():
+    samples = [chr(c) for c in range(0x250)] + ["\u2028", "\ud800", "\udfff", "\ufffd", "\ufffe", "\uffff",
+                                                 "\U0001f600", "\U0010ffff"]
+    for c in samples:
+        text = f"a{c}b"
+        try:
+            element = etree.Element("x", v=text)
+            element.text = text
+        except ValueError:
+            with pytest.raises(ValueError):
+                odm.xml_attr(text)
+            with pytest.raises(ValueError):
+                odm.xml_text(text)
+            continue
+        assert etree.tostring(element, encoding="UTF-8") == (
+            f'<x v="{odm.xml_attr(text)}">{odm.xml_text(text)}</x>'.encode()), repr(c)
+
+
 # --- scope ---------------------------------------------------------------------------------------
 
 

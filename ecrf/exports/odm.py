@@ -2,9 +2,10 @@
 
 One file holds the study metadata, the administrative data and the clinical data of the scope (the
 study, a site or a subject), so that every OID it uses is defined in it (``check_references``).
-It is written with lxml's incremental writer, one subject at a time: memory does not grow with
-the number of subjects. It validates against the CDISC ODM 1.3.2 schema shipped in
-``odm_schema/`` (``validate``).
+The metadata and the administrative data are lxml trees; the clinical data, nearly all of the
+file, are written as text, the same bytes lxml would write, a batch of subjects at a time, each
+batch read with a few plain queries: memory does not grow with the number of subjects. It
+validates against the CDISC ODM 1.3.2 schema shipped in ``odm_schema/`` (``validate``).
 
 Design decisions (where ODM 1.3.2 leaves a choice):
 
@@ -80,6 +81,7 @@ import functools
 import json
 import re
 import uuid
+from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -92,9 +94,9 @@ from flask import current_app
 from flask_babel import force_locale
 from lxml import etree
 from lxml.builder import ElementMaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.dialects import postgresql
 
-from ecrf.audit.models import AuditRecord
+from ecrf.audit.models import AuditRecord, AuditValue
 from ecrf.auth.models import User
 from ecrf.casebook.models import FORM_STATUS_LABELS, FormInstance, FormStatus, ItemValue
 from ecrf.casebook.services import NullFlavor, stored
@@ -144,8 +146,9 @@ def _tt(text: str) -> etree._Element:
     return E.TranslatedText(str(text), {XML_LANG: "en"})
 
 
+@functools.lru_cache(maxsize=4096)
 def _stamp(when: datetime) -> str:
-    """An ISO 8601 UTC time stamp (xs:dateTime)."""
+    """An ISO 8601 UTC time stamp (xs:dateTime); one transaction's rows share theirs."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -192,20 +195,57 @@ def _null_flavor(text: str | None) -> NullFlavor | None:
     return NullFlavor(m.group(1), m.group(2) or "") if m else None
 
 
-def _annotation(flag_type: str, codelist: str, code: str, comment: str | None,
-                transaction: str | None = None) -> etree._Element:
-    annotation = E.Annotation(SeqNum="1")
-    if transaction:
-        annotation.set("TransactionType", transaction)
+# --- XML text ----------------------------------------------------------------------------------
+#
+# The clinical data are nearly the whole file: they are written as text, byte for byte as lxml
+# serialises the same elements (pretty printed, two spaces a level, a namespace declaration on
+# each SubjectData), because building an lxml tree per subject cost more than everything else.
+# The metadata and the administrative data, written once, stay lxml trees.
+
+_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                               "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+#: what XML 1.0 cannot hold (lxml refuses it as well)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_ATTR_PLAIN = re.compile('[^&<>"\x00-\x1f\ud800-\udfff\ufffe\uffff]*\\Z')
+_TEXT_PLAIN = re.compile("[^&<>\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]*\\Z")
+
+
+def _checked(value: str) -> str:
+    if _NOT_XML.search(value):
+        raise ValueError(f"not an XML 1.0 character in {value!r}")
+    return value
+
+
+def xml_attr(value: str) -> str:
+    """An attribute value escaped as lxml writes it."""
+    return value if _ATTR_PLAIN.match(value) else _checked(value).translate(_ATTR_ESCAPES)
+
+
+def xml_text(value: str) -> str:
+    """Element text escaped as lxml writes it."""
+    return value if _TEXT_PLAIN.match(value) else _checked(value).translate(_TEXT_ESCAPES)
+
+
+def _attrs(attrs: dict[str, str]) -> str:
+    return "".join(f' {name}="{xml_attr(value)}"' for name, value in attrs.items())
+
+
+def _annotation(flag_type: str, codelist: str, code: str, comment: str | None, pad: str,
+                transaction: str | None = None) -> str:
+    inner, flag = pad + "  ", pad + "    "
+    text = f'{pad}<Annotation SeqNum="1" TransactionType="{transaction}">\n' if transaction else \
+        f'{pad}<Annotation SeqNum="1">\n'
     if comment:
-        annotation.append(E.Comment(comment, SponsorOrSite="Site"))
-    annotation.append(E.Flag(E.FlagValue(code, CodeListOID=codelist),
-                             E.FlagType(flag_type, CodeListOID=FLAG_TYPE_CODELIST)))
-    return annotation
+        text += f'{inner}<Comment SponsorOrSite="Site">{xml_text(comment)}</Comment>\n'
+    return (f'{text}{inner}<Flag>\n'
+            f'{flag}<FlagValue CodeListOID="{codelist}">{xml_text(code)}</FlagValue>\n'
+            f'{flag}<FlagType CodeListOID="{FLAG_TYPE_CODELIST}">{flag_type}</FlagType>\n'
+            f'{inner}</Flag>\n{pad}</Annotation>\n')
 
 
-def _null_annotation(flavor: NullFlavor, transaction: str | None = None) -> etree._Element:
-    return _annotation("NULL_FLAVOR", NULL_FLAVOR_CODELIST, flavor.code, flavor.comment, transaction)
+def _null_annotation(flavor: NullFlavor, pad: str, transaction: str | None = None) -> str:
+    return _annotation("NULL_FLAVOR", NULL_FLAVOR_CODELIST, flavor.code, flavor.comment, pad, transaction)
 
 
 # --- metadata ----------------------------------------------------------------------------------
@@ -507,85 +547,292 @@ def build_admin(md: Metadata, user_ids: set[int], sites: list[Site]) -> etree._E
     return admin
 
 
-def _signature(sig: Signature, site_code: str) -> etree._Element:
-    return E.Signature(E.UserRef(UserOID=f"USR.{sig.signer_id}"),
-                       E.LocationRef(LocationOID=f"LOC.{site_code}"),
-                       E.SignatureRef(SignatureOID=f"SD.{sig.meaning.upper()}"),
-                       E.DateTimeStamp(_stamp(sig.signed_at)), ID=f"SIG.{sig.id}")
+def _signature(sig, site_code: str, pad: str) -> str:
+    inner = pad + "  "
+    return (f'{pad}<Signature ID="SIG.{sig.id}">\n'
+            f'{inner}<UserRef UserOID="USR.{sig.signer_id}"/>\n'
+            f'{inner}<LocationRef LocationOID="{xml_attr("LOC." + site_code)}"/>\n'
+            f'{inner}<SignatureRef SignatureOID="{xml_attr("SD." + sig.meaning.upper())}"/>\n'
+            f"{inner}<DateTimeStamp>{_stamp(sig.signed_at)}</DateTimeStamp>\n"
+            f"{pad}</Signature>\n")
 
 
-def _reason(row: AuditRecord) -> str | None:
+def _reason(row) -> str | None:
     code, text = row.reason_code, (row.reason_text or "").strip()
     if not code:
         return text or None
     return f"{code}: {text}" if text else code
 
 
-def _audit_record(row: AuditRecord, site_codes: set[str], *, reason: bool = True) -> etree._Element:
-    record = E.AuditRecord(E.UserRef(UserOID=f"USR.{row.user_id}"),
-                           E.LocationRef(LocationOID=_site_location(row.actor_site, site_codes)),
-                           E.DateTimeStamp(_stamp(row.recorded_at)))
-    text = _reason(row) if reason else None
-    if text:
-        record.append(E.ReasonForChange(text))
-    record.append(E.SourceID(str(row.seq)))
-    return record
+@functools.lru_cache(maxsize=4096)
+def _audit_head(user_id: int, location: str, when: datetime, reason: str | None, pad: str) -> str:
+    """An AuditRecord up to its SourceID: the same for every row of one change's transaction."""
+    inner = pad + "  "
+    because = f"{inner}<ReasonForChange>{xml_text(reason)}</ReasonForChange>\n" if reason else ""
+    return (f"{pad}<AuditRecord>\n"
+            f'{inner}<UserRef UserOID="USR.{user_id}"/>\n'
+            f'{inner}<LocationRef LocationOID="{xml_attr(location)}"/>\n'
+            f"{inner}<DateTimeStamp>{_stamp(when)}</DateTimeStamp>\n{because}")
+
+
+def _audit_record(row, site_codes: set[str], pad: str, *, reason: bool = True) -> str:
+    head = _audit_head(row.user_id, _site_location(row.actor_site, site_codes), row.recorded_at,
+                       _reason(row) if reason else None, pad)
+    return f"{head}{pad}  <SourceID>{row.seq}</SourceID>\n{pad}</AuditRecord>\n"
+
+
+# --- clinical data: reading ----------------------------------------------------------------------
+#
+# Subjects are read in batches, a few queries a batch returning plain rows (loading ORM objects
+# cost more than writing the file); a batch is read whole before its first subject is written,
+# since the progress reports commit between subjects.
+
+#: subjects per batch: few round trips, and the memory held stays that of one batch
+BATCH = 100
+
+
+@dataclass(slots=True)
+class _Subject:
+    id: int
+    code: str
+    site_code: str
+
+
+@dataclass(slots=True)
+class _Form:
+    """A form instance as the export reads it, with its values (``item_value`` rows); also what
+    ``signed_content`` reads of an instance."""
+
+    id: int
+    subject_id: int
+    visit_key: str
+    visit_repeat: int
+    crf_key: str
+    form_repeat: int
+    crf_version: int
+    status: str
+    not_done_reason: str | None
+    values: list = field(default_factory=list)
+
+
+_FORM_COLUMNS = (FormInstance.id, FormInstance.subject_id, FormInstance.visit_key, FormInstance.visit_repeat,
+                 FormInstance.crf_key, FormInstance.form_repeat, FormInstance.crf_version,
+                 FormInstance.status, FormInstance.not_done_reason)
+_VALUE_COLUMNS = (ItemValue.form_instance_id, ItemValue.item_key, ItemValue.value_text, ItemValue.value_int,
+                  ItemValue.value_dec, ItemValue.value_date, ItemValue.value_dt, ItemValue.null_flavor,
+                  ItemValue.null_comment)
+_SIGNATURE_COLUMNS = (Signature.id, Signature.subject_id, Signature.visit_key, Signature.visit_repeat,
+                      Signature.signer_id, Signature.meaning, Signature.signed_at, Signature.content_hash)
+_AUDIT_COLUMNS = (AuditRecord.seq, AuditRecord.subject, AuditRecord.recorded_at, AuditRecord.user_id,
+                  AuditRecord.actor_site, AuditRecord.action, AuditRecord.entity_id, AuditRecord.field,
+                  AuditRecord.item, AuditRecord.reason_code, AuditRecord.reason_text,
+                  AuditRecord.new_digest, AuditValue.old_value, AuditValue.new_value)
+
+
+#: rows as named tuples: their fields read many times faster than a Row's
+_Value = namedtuple("_Value", [c.key for c in _VALUE_COLUMNS])
+_Audit = namedtuple("_Audit", [c.key for c in _AUDIT_COLUMNS])
+
+
+def _as_read(column):
+    """A time stamp column read as the driver returns it: on PostgreSQL an aware datetime already,
+    which ``_stamp`` turns to UTC once per distinct value; ``UTCDateTime``'s conversion of every
+    row cost a third of reading the audit trail."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return column
+    return sa.type_coerce(column, sa.DateTime(timezone=True)).label(column.key)
+
+
+def _among(column, values: list):
+    """``column IN values``; on PostgreSQL one array parameter, which has no limit on the number of
+    values (a batch's form ids) and costs less to compile and send than a thousand parameters."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return column.in_(values)
+    return column == sa.any_(sa.literal(values, postgresql.ARRAY(column.type)))
+
+
+def _rows(stmt: sa.Select) -> list[sa.Row]:
+    """All the rows of a query (fetched at once: row by row cost more than the rows' memory),
+    executed as plain SQL, without ORM loading, in the session's transaction."""
+    return db.session.connection().execute(stmt).all()
+
+
+def _forms(subject_ids: list[int], *, values: bool) -> tuple[dict[int, list[_Form]], dict[int, _Form]]:
+    """The form instances of the subjects (per subject, and by id), with their values if asked.
+    Values are asked by form id: joined to the subjects instead, PostgreSQL read the whole
+    ``item_value`` table for every batch."""
+    per_subject: dict[int, list[_Form]] = {}
+    by_id: dict[int, _Form] = {}
+    for row in _rows(sa.select(*_FORM_COLUMNS).where(_among(FormInstance.subject_id, subject_ids))):
+        form = _Form(*row)
+        by_id[form.id] = form
+        per_subject.setdefault(form.subject_id, []).append(form)
+    if values and by_id:
+        for row in _rows(sa.select(*_VALUE_COLUMNS).where(_among(ItemValue.form_instance_id, list(by_id)))):
+            value = _Value._make(row)
+            by_id[value.form_instance_id].values.append(value)
+    return per_subject, by_id
+
+
+def _signatures(subject_ids: list[int]) -> dict[int, list]:
+    per_subject: dict[int, list] = {}
+    for row in _rows(sa.select(*_SIGNATURE_COLUMNS).where(_among(Signature.subject_id, subject_ids))):
+        per_subject.setdefault(row.subject_id, []).append(row)
+    return per_subject
 
 
 # --- clinical data: snapshot -------------------------------------------------------------------
 
 
-def _instance_order(md: Metadata, instance: FormInstance) -> tuple:
+def _instance_order(md: Metadata, instance: _Form) -> tuple:
     return (md.visit_order.get(instance.visit_key, len(md.visit_order)), instance.visit_key,
             instance.visit_repeat, instance.crf_key, instance.form_repeat)
 
 
-def _snapshot_subject(subject: Subject, md: Metadata) -> etree._Element:
-    from ecrf.review.signatures import signature_status
+def _valid_signatures(subject: _Subject, forms: list[_Form], signatures: list) -> dict[tuple, Any]:
+    """The latest signature of each scope while it still covers the current data (the rule of
+    ``signature_status``), the casebook's first, then the visits' in schedule order."""
+    from ecrf.review.signatures import SignScope, content_hash
 
-    registry = _registry()
-    instances = list(db.session.scalars(
-        sa.select(FormInstance).where(FormInstance.subject_id == subject.id)
-        .options(selectinload(FormInstance.values))))
-    instances.sort(key=lambda i: _instance_order(md, i))
-    signed = {(s.scope.visit_key, s.scope.visit_repeat): s.signature
-              for s in signature_status(subject, instances) if s.valid}
-    site_code = subject.site.code
-    element = E.SubjectData(SubjectKey=subject.code)
+    latest: dict[tuple, Any] = {}
+    for sig in signatures:
+        key = (sig.visit_key, sig.visit_repeat)
+        if key not in latest or sig.id > latest[key].id:
+            latest[key] = sig
+    order = {v.key: n for n, v in enumerate(_registry().schedule.visits)}
+    valid = {}
+    for key in sorted(latest, key=lambda k: (-1, "", 0) if k[0] is None else
+                      (order.get(k[0], len(order)), k[0], k[1])):
+        if content_hash(subject, SignScope(*key), forms) == latest[key].content_hash:
+            valid[key] = latest[key]
+    return valid
+
+
+class _Layout:
+    """Per CRF version, the text the clinical data repeat: OIDs as attributes, the group of
+    each item."""
+
+    def __init__(self, md: Metadata):
+        self.md = md
+        self.registry = _registry()
+        self.plans: dict[tuple[str, int], list[tuple[str, list[tuple[Item, str]]]]] = {}
+        self.items: dict[tuple[str, int, str], tuple[str, Item, str]] = {}
+        self.visits: dict[tuple[str, int], str] = {}
+        self.forms: dict[tuple[str, int, int], str] = {}
+        self.values: dict[tuple[str, str], str] = {}
+
+    def plan(self, crf_key: str, version: int) -> list[tuple[str, list[tuple[Item, str]]]]:
+        """The groups of a CRF version (their ItemGroupOID) with their items (their ItemOID)."""
+        plan = self.plans.get((crf_key, version))
+        if plan is None:
+            crf = self.registry.version(crf_key, version)
+            plan = self.plans[(crf_key, version)] = [
+                (xml_attr(self.md.group_oids[(crf_key, version, group.key)]),
+                 [(item, xml_attr(self.md.item_oids[(crf_key, version, item.key)])) for item in group.items])
+                for group in crf.groups]
+        return plan
+
+    def item(self, crf_key: str, version: int, item_key: str, seq: int) -> tuple[str, Item, str]:
+        """The group key, the item and its ItemOID of an item of a CRF version."""
+        found = self.items.get((crf_key, version, item_key))
+        if found is None:
+            crf = self.registry.version(crf_key, version)
+            group = next((g for g in crf.groups if any(i.key == item_key for i in g.items)), None)
+            if group is None:
+                raise LookupError(f"audit record {seq}: no item {item_key!r} in CRF "
+                                  f"{crf.key} version {crf.version}")
+            item = next(i for i in group.items if i.key == item_key)
+            found = self.items[(crf_key, version, item_key)] = (
+                group.key, item, xml_attr(self.md.item_oids[(crf_key, version, item_key)]))
+        return found
+
+    #: how many audit texts ``value`` keeps converted (a few codes and numbers make most of them)
+    VALUES_KEPT = 20_000
+
+    def value(self, item: Item, oid: str, text: str) -> str:
+        """An audit trail text as the Value attribute of its item (one OID, one data type)."""
+        found = self.values.get((oid, text))
+        if found is None:
+            if len(self.values) >= self.VALUES_KEPT:
+                self.values.clear()
+            found = self.values[(oid, text)] = xml_attr(odm_value(item, _from_audit(item, text)))
+        return found
+
+    def visit(self, visit_key: str, repeat: int) -> str:
+        text = self.visits.get((visit_key, repeat))
+        if text is None:
+            text = self.visits[(visit_key, repeat)] = _attrs(self.md.visit_attrs(visit_key, repeat))
+        return text
+
+    def form(self, form: _Form) -> str:
+        key = (form.crf_key, form.crf_version, form.form_repeat)
+        text = self.forms.get(key)
+        if text is None:
+            text = self.forms[key] = _attrs(self.md.form_attrs(form))
+        return text
+
+
+def _snapshot_subject(subject: _Subject, forms: list[_Form], signatures: list, layout: _Layout) -> str:
+    forms.sort(key=lambda i: _instance_order(layout.md, i))
+    signed = _valid_signatures(subject, forms, signatures) if signatures else {}
+    site_code = subject.site_code
+    parts = [f'<SubjectData xmlns="{NS}" SubjectKey="{xml_attr(subject.code)}">\n']
     if (None, None) in signed:
-        element.append(_signature(signed[(None, None)], site_code))
-    element.append(E.SiteRef(LocationOID=f"LOC.{site_code}"))
-    events: dict[tuple[str, int], etree._Element] = {}
-    for instance in instances:
+        parts.append(_signature(signed[(None, None)], site_code, "  "))
+    parts.append(f'  <SiteRef LocationOID="{xml_attr("LOC." + site_code)}"/>\n')
+    events: set[tuple[str, int]] = set()
+    for instance in forms:  # in visit order: the forms of a visit follow each other
         visit = (instance.visit_key, instance.visit_repeat)
         if visit not in events:
-            events[visit] = E.StudyEventData(**md.visit_attrs(*visit))
+            if events:
+                parts.append("  </StudyEventData>\n")
+            events.add(visit)
+            parts.append(f"  <StudyEventData{layout.visit(*visit)}>\n")
             if visit in signed:
-                events[visit].append(_signature(signed[visit], site_code))
-            element.append(events[visit])
-        form = E.FormData(**md.form_attrs(instance))
+                parts.append(_signature(signed[visit], site_code, "    "))
+        body = []
         if instance.status == FormStatus.NOT_DONE.value:
-            form.append(_annotation("FORM_STATUS", FORM_STATUS_CODELIST, instance.status,
-                                    instance.not_done_reason))
-        crf = registry.version(instance.crf_key, instance.crf_version)
+            body.append(_annotation("FORM_STATUS", FORM_STATUS_CODELIST, instance.status,
+                                    instance.not_done_reason, "      "))
         rows = {v.item_key: v for v in instance.values}
-        for group in crf.groups:
+        for group_oid, items in layout.plan(instance.crf_key, instance.crf_version):
             data = []
-            for item in group.items:
+            for item, oid in items:
                 value = stored(rows.get(item.key), item)
-                oid = md.item_oids[(crf.key, crf.version, item.key)]
+                if value is None:
+                    continue
                 if isinstance(value, NullFlavor):
-                    data.append(E.ItemData(_null_annotation(value), ItemOID=oid, IsNull="Yes"))
-                elif value is not None:
-                    data.append(E.ItemData(ItemOID=oid, Value=odm_value(item, value)))
+                    data.append(f'        <ItemData ItemOID="{oid}" IsNull="Yes">\n'
+                                f'{_null_annotation(value, "          ")}        </ItemData>\n')
+                else:
+                    text = xml_attr(odm_value(item, value))
+                    data.append(f'        <ItemData ItemOID="{oid}" Value="{text}"/>\n')
             if data:
-                form.append(E.ItemGroupData(
-                    *data, ItemGroupOID=md.group_oids[(crf.key, crf.version, group.key)]))
-        events[visit].append(form)
+                body.append(f'      <ItemGroupData ItemGroupOID="{group_oid}">\n')
+                body += data
+                body.append("      </ItemGroupData>\n")
+        if body:
+            parts.append(f"    <FormData{layout.form(instance)}>\n")
+            parts += body
+            parts.append("    </FormData>\n")
+        else:
+            parts.append(f"    <FormData{layout.form(instance)}/>\n")
+    if events:
+        parts.append("  </StudyEventData>\n")
     for visit, sig in signed.items():  # a signed visit whose forms are gone (not expected)
         if visit != (None, None) and visit not in events:
-            element.append(E.StudyEventData(_signature(sig, site_code), **md.visit_attrs(*visit)))
-    return element
+            parts.append(f"  <StudyEventData{layout.visit(*visit)}>\n{_signature(sig, site_code, '    ')}"
+                         f"  </StudyEventData>\n")
+    parts.append("</SubjectData>\n")
+    return "".join(parts)
+
+
+def _snapshot_batch(batch: list[_Subject], layout: _Layout) -> Iterator[str]:
+    ids = [s.id for s in batch]
+    forms, _by_id = _forms(ids, values=True)
+    signatures = _signatures(ids)
+    for subject in batch:
+        yield _snapshot_subject(subject, forms.get(subject.id, []), signatures.get(subject.id, []), layout)
 
 
 # --- clinical data: history --------------------------------------------------------------------
@@ -593,47 +840,41 @@ def _snapshot_subject(subject: Subject, md: Metadata) -> etree._Element:
 
 @dataclass
 class _FormChanges:
-    instance: FormInstance
-    created: AuditRecord | None = None
-    groups: dict[str, list[AuditRecord]] = field(default_factory=dict)
+    instance: _Form
+    created: Any = None
+    #: per item group, the ItemData of its changes
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _item_change(row: AuditRecord, item: Item, oid: str, site_codes: set[str]) -> etree._Element:
-    kept = row.value
-    old = kept.old_value if kept is not None else None
-    new = kept.new_value if kept is not None else None
-    element = E.ItemData(ItemOID=oid, TransactionType="Insert" if row.action == "item.create" else "Update")
-    element.append(_audit_record(row, site_codes))
+_PAD_ITEM = " " * 10
+
+
+def _item_change(row, item: Item, oid: str, layout: _Layout, site_codes: set[str]) -> str:
+    old, new = row.old_value, row.new_value
+    transaction = "Insert" if row.action == "item.create" else "Update"
     old_flavor, new_flavor = _null_flavor(old), _null_flavor(new)
     redacted = new is None and row.new_digest is not None
     if new_flavor is not None or (new is None and not redacted):
-        element.set("IsNull", "Yes")
+        value = ' IsNull="Yes"'
     elif not redacted:
-        element.set("Value", odm_value(item, _from_audit(item, new)))
+        value = f' Value="{layout.value(item, oid, new)}"'
+    else:
+        value = ""
+    text = (f'        <ItemData ItemOID="{oid}" TransactionType="{transaction}"{value}>\n'
+            f"{_audit_record(row, site_codes, _PAD_ITEM)}")
     if new_flavor is not None:
-        element.append(_null_annotation(new_flavor, "Update" if old_flavor else "Insert"))
+        text += _null_annotation(new_flavor, _PAD_ITEM, "Update" if old_flavor else "Insert")
     elif old_flavor is not None:
-        element.append(E.Annotation(SeqNum="1", TransactionType="Remove"))
-    return element
+        text += f'{_PAD_ITEM}<Annotation SeqNum="1" TransactionType="Remove"/>\n'
+    return text + "        </ItemData>\n"
 
 
-def _history_subject(subject: Subject, md: Metadata, site_codes: set[str]) -> Iterator[etree._Element]:
+def _history_subject(subject: _Subject, instances: dict[int, _Form], value_forms: dict[int, int],
+                     signatures: dict[int, Any], rows: list, layout: _Layout, site_codes: set[str]) -> str:
     """The SubjectData elements of one subject's history (see the module docstring)."""
-    registry = _registry()
-    instances = {i.id: i for i in db.session.scalars(
-        sa.select(FormInstance).where(FormInstance.subject_id == subject.id))}
-    value_forms = dict(db.session.execute(
-        sa.select(ItemValue.id, ItemValue.form_instance_id).join(FormInstance)
-        .where(FormInstance.subject_id == subject.id)).all())
-    signatures = {s.id: s for s in db.session.scalars(
-        sa.select(Signature).where(Signature.subject_id == subject.id))}
-    rows = db.session.scalars(
-        sa.select(AuditRecord).where(AuditRecord.subject == subject.code,
-                                     AuditRecord.action.in_(HISTORY_ACTIONS))
-        .order_by(AuditRecord.seq)).all()
-    created: AuditRecord | None = None
+    created = None
     seen: set[tuple[str, str]] = set()  # (action, entity id): a creation is one row per column
-    segments: list[tuple[str, list[AuditRecord]]] = []
+    segments: list[tuple[str, list]] = []
     for row in rows:
         if row.action in ("subject.create", "form.create", "signature.create"):
             if (row.action, row.entity_id) in seen:
@@ -651,33 +892,33 @@ def _history_subject(subject: Subject, md: Metadata, site_codes: set[str]) -> It
         else:
             segments.append(("data", [row]))
 
-    site_code = subject.site.code
-    first = E.SubjectData(SubjectKey=subject.code, TransactionType="Insert")
+    site_code = subject.site_code
+    key = xml_attr(subject.code)
+    parts = [f'<SubjectData xmlns="{NS}" SubjectKey="{key}" TransactionType="Insert">\n']
     if created is not None:
-        first.append(_audit_record(created, site_codes))
-    first.append(E.SiteRef(LocationOID=f"LOC.{site_code}"))
-    yield first
+        parts.append(_audit_record(created, site_codes, "  "))
+    parts.append(f'  <SiteRef LocationOID="{xml_attr("LOC." + site_code)}"/>\n</SubjectData>\n')
 
+    update = f'<SubjectData xmlns="{NS}" SubjectKey="{key}" TransactionType="Update">\n'
     visits_seen: set[tuple[str, int]] = set()
     forms_seen: set[int] = set()
     groups_seen: set[tuple[int, str]] = set()
     for kind, segment in segments:
-        element = E.SubjectData(SubjectKey=subject.code, TransactionType="Update")
         if kind == "signature":
             row = segment[0]
             sig = signatures.get(int(row.entity_id))
             if sig is None:
                 continue
-            element.append(_audit_record(row, site_codes))
+            parts += [update, _audit_record(row, site_codes, "  ")]
             if sig.visit_key is None:
-                element.append(_signature(sig, site_code))
+                parts.append(_signature(sig, site_code, "  "))
             else:
-                element.append(E.StudyEventData(_signature(sig, site_code),
-                                                **md.visit_attrs(sig.visit_key, sig.visit_repeat),
-                                                TransactionType="Update"))
-            yield element
+                parts.append(f'  <StudyEventData{layout.visit(sig.visit_key, sig.visit_repeat)} '
+                             f'TransactionType="Update">\n{_signature(sig, site_code, "    ")}'
+                             f"  </StudyEventData>\n")
+            parts.append("</SubjectData>\n")
             continue
-        element.append(_audit_record(segment[0], site_codes, reason=False))
+        parts += [update, _audit_record(segment[0], site_codes, "  ", reason=False)]
         visits: dict[tuple[str, int], dict[int, _FormChanges]] = {}
         for row in segment:
             if row.action == "form.create":
@@ -685,41 +926,60 @@ def _history_subject(subject: Subject, md: Metadata, site_codes: set[str]) -> It
             else:
                 instance = instances[value_forms[int(row.entity_id)]]
             forms = visits.setdefault((instance.visit_key, instance.visit_repeat), {})
-            changes = forms.setdefault(instance.id, _FormChanges(instance))
+            changes = forms.get(instance.id)
+            if changes is None:
+                changes = forms[instance.id] = _FormChanges(instance)
             if row.action == "form.create":
                 changes.created = row
                 continue
-            crf = registry.version(instance.crf_key, instance.crf_version)
-            group = next((g.key for g in crf.groups if any(i.key == row.item for i in g.items)), None)
-            if group is None:
-                raise LookupError(f"audit record {row.seq}: no item {row.item!r} in CRF "
-                                  f"{crf.key} version {crf.version}")
-            changes.groups.setdefault(group, []).append(row)
+            group_key, item, oid = layout.item(instance.crf_key, instance.crf_version, row.item, row.seq)
+            changes.groups.setdefault(group_key, []).append(_item_change(row, item, oid, layout, site_codes))
         for visit, forms in visits.items():
-            event = E.StudyEventData(**md.visit_attrs(*visit),
-                                     TransactionType="Update" if visit in visits_seen else "Insert")
+            parts.append(f"  <StudyEventData{layout.visit(*visit)} "
+                         f'TransactionType="{"Update" if visit in visits_seen else "Insert"}">\n')
             visits_seen.add(visit)
             for changes in forms.values():
                 instance = changes.instance
-                form = E.FormData(**md.form_attrs(instance),
-                                  TransactionType="Update" if instance.id in forms_seen else "Insert")
+                parts.append(f"    <FormData{layout.form(instance)} "
+                             f'TransactionType="{"Update" if instance.id in forms_seen else "Insert"}">\n')
                 forms_seen.add(instance.id)
                 if changes.created is not None:
-                    form.append(_audit_record(changes.created, site_codes))
-                crf = registry.version(instance.crf_key, instance.crf_version)
+                    parts.append(_audit_record(changes.created, site_codes, "      "))
+                crf_key, version = instance.crf_key, instance.crf_version
                 for group_key, changed in changes.groups.items():
-                    key = (instance.id, group_key)
-                    group = E.ItemGroupData(ItemGroupOID=md.group_oids[(crf.key, crf.version, group_key)],
-                                            TransactionType="Update" if key in groups_seen else "Insert")
-                    groups_seen.add(key)
-                    for row in changed:
-                        group.append(_item_change(row, crf.item(row.item),
-                                                  md.item_oids[(crf.key, crf.version, row.item)],
-                                                  site_codes))
-                    form.append(group)
-                event.append(form)
-            element.append(event)
-        yield element
+                    seen_key = (instance.id, group_key)
+                    parts.append(f'      <ItemGroupData ItemGroupOID="'
+                                 f'{xml_attr(layout.md.group_oids[(crf_key, version, group_key)])}" '
+                                 f'TransactionType="{"Update" if seen_key in groups_seen else "Insert"}">\n')
+                    groups_seen.add(seen_key)
+                    parts += changed
+                    parts.append("      </ItemGroupData>\n")
+                parts.append("    </FormData>\n")
+            parts.append("  </StudyEventData>\n")
+        parts.append("</SubjectData>\n")
+    return "".join(parts)
+
+
+def _history_batch(batch: list[_Subject], layout: _Layout, site_codes: set[str]) -> Iterator[str]:
+    ids = [s.id for s in batch]
+    _forms_per_subject, instances = _forms(ids, values=False)
+    value_forms = {value_id: form_id for value_id, form_id in _rows(
+        sa.select(ItemValue.id, ItemValue.form_instance_id)
+        .where(_among(ItemValue.form_instance_id, list(instances))))} if instances else {}
+    signatures = _signatures(ids)
+    rows: dict[str, list] = {}
+    for row in _rows(
+            sa.select(*[_as_read(c) if c.key == "recorded_at" else c for c in _AUDIT_COLUMNS])
+            .outerjoin(AuditValue, AuditValue.seq == AuditRecord.seq)
+            .where(_among(AuditRecord.subject, [s.code for s in batch]),
+                   AuditRecord.action.in_(HISTORY_ACTIONS))
+            .order_by(AuditRecord.seq)):
+        row = _Audit._make(row)
+        rows.setdefault(row.subject, []).append(row)
+    for subject in batch:
+        mine = {f.id: f for f in _forms_per_subject.get(subject.id, [])}
+        yield _history_subject(subject, mine, value_forms, {s.id: s for s in signatures.get(subject.id, [])},
+                               rows.get(subject.code, []), layout, site_codes)
 
 
 # --- the file ----------------------------------------------------------------------------------
@@ -736,24 +996,22 @@ def _user_ids(scope: Scope, transactional: bool) -> set[int]:
     return ids
 
 
-def _release(keep: set) -> None:
-    """Forget the rows the export loaded (the caller's own objects, ``keep``, stay in the session)."""
-    for key, obj in list(db.session.identity_map.items()):
-        if key not in keep:
-            db.session.expunge(obj)
+def _tree(element: etree._Element) -> bytes:
+    return etree.tostring(element, encoding="UTF-8", xml_declaration=False, pretty_print=True)
 
 
 def write_odm(scope: Scope, out: IO[bytes], progress: Progress, *, transactional: bool) -> None:
-    """Stream the ODM file of the scope into ``out``, one subject at a time."""
+    """Stream the ODM file of the scope into ``out``, a batch of subjects at a time."""
     from ecrf import __version__
 
-    keep = set(db.session.identity_map.keys())
-    subject_ids = list(db.session.scalars(scope.subjects().with_only_columns(Subject.id)))
-    total = len(subject_ids)
-    progress(0, total)
-    md = build_metadata(scope)
     sites = list(db.session.scalars(sa.select(Site).order_by(Site.code)))
     site_codes = {s.code for s in sites}
+    site_of = {s.id: s.code for s in sites}
+    subjects = [_Subject(id_, code, site_of[site_id]) for id_, code, site_id in db.session.execute(
+        scope.subjects().with_only_columns(Subject.id, Subject.code, Subject.site_id))]
+    total = len(subjects)
+    progress(0, total)
+    md = build_metadata(scope)
     admin = build_admin(md, _user_ids(scope, transactional), sites)
     granularity = "SingleSubject" if scope.subject is not None else (
         "SingleSite" if scope.site is not None else "All")
@@ -764,25 +1022,21 @@ def write_odm(scope: Scope, out: IO[bytes], progress: Progress, *, transactional
              "Granularity": granularity,
              "Description": f"{settings.STUDY['name']}: {kind.lower()} of the {scope.label}",
              "Originator": "ecrf", "SourceSystem": "ecrf", "SourceSystemVersion": __version__}
-    with etree.xmlfile(out, encoding="UTF-8") as xf:
-        xf.write_declaration()
-        with xf.element(f"{{{NS}}}ODM", attrs, nsmap={None: NS}):
-            xf.write("\n")
-            xf.write(md.study, pretty_print=True)
-            xf.write(admin, pretty_print=True)
-            with xf.element(f"{{{NS}}}ClinicalData", StudyOID=md.study_oid, MetaDataVersionOID=MDV_OID):
-                xf.write("\n")
-                for done, subject_id in enumerate(subject_ids, 1):
-                    subject = db.session.get(Subject, subject_id)
-                    if transactional:
-                        for element in _history_subject(subject, md, site_codes):
-                            xf.write(element, pretty_print=True)
-                    else:
-                        xf.write(_snapshot_subject(subject, md), pretty_print=True)
-                    xf.flush()
-                    _release(keep)  # memory stays flat: one subject at a time
-                    progress(done, total)
-            xf.write("\n")
+    out.write(b"<?xml version='1.0' encoding='UTF-8'?>\n")
+    out.write(f'<ODM xmlns="{NS}"{_attrs(attrs)}>\n'.encode())
+    out.write(_tree(md.study))
+    out.write(_tree(admin))
+    out.write(f'<ClinicalData StudyOID="{xml_attr(md.study_oid)}" MetaDataVersionOID="{MDV_OID}">\n'.encode())
+    layout = _Layout(md)
+    done = 0
+    for start in range(0, total, BATCH):
+        batch = subjects[start:start + BATCH]
+        texts = _history_batch(batch, layout, site_codes) if transactional else _snapshot_batch(batch, layout)
+        for text in texts:
+            out.write(text.encode())
+            done += 1
+            progress(done, total)
+    out.write(b"</ClinicalData>\n</ODM>")
 
 
 @writer("odm_snapshot")
