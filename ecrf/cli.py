@@ -269,8 +269,7 @@ def audit_verify(expect_head, path):
     if path:
         _verify_file(path, _parse_head(expect_head))
         return
-    result = chain.verify_rows(chain.iter_db_rows(db.session), expect_head=_parse_head(expect_head),
-                               stored_head=chain.stored_head(db.session))
+    result = chain.verify_db(db.session, expect_head=_parse_head(expect_head))
     click.echo(f"Rows checked: {result.rows_checked}")
     click.echo(f"Head: {result.head_seq}:{result.head_hash}")
     if result.redacted:

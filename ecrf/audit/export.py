@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO
 
+import orjson
+
 from ecrf.audit import chain
 from ecrf.database import utcnow
 
@@ -101,6 +103,21 @@ class FileCheck:
         return self.problem is None
 
 
+def _as_written(raw: bytes) -> dict | None:
+    """The object on a line exactly as the export writes it, else None.
+
+    orjson reads several times faster than json. A line that is byte for byte the canonical JSON
+    of what orjson read is one that json reads alike; any other line (not UTF-8, not JSON, an
+    integer beyond 64 bits that orjson reads as a float, a line not written by the export) is left
+    to json, whose reading and messages are the definition.
+    """
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return row if type(row) is dict and chain.canonical_json(row) + b"\n" == raw else None
+
+
 def verify_file(path: str) -> FileCheck:
     """Check an export from the file alone: JSON, chain, kept values, and the stated head."""
     line_of: dict[int, int] = {}
@@ -111,18 +128,20 @@ def verify_file(path: str) -> FileCheck:
         nonlocal head
         with open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    bad.append((number, "not valid UTF-8"))
-                    return
-                except ValueError as e:
-                    bad.append((number, f"not valid JSON ({e.msg})"))
-                    return
-                if not isinstance(row, dict) or (_json(row) + "\n").encode() != raw:
-                    bad.append((number, "the line is not as the export writes it (compact, "
-                                        "keys sorted)"))
-                    return
+                row = _as_written(raw)
+                if row is None:  # json names what is wrong, if anything
+                    try:
+                        row = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        bad.append((number, "not valid UTF-8"))
+                        return
+                    except ValueError as e:
+                        bad.append((number, f"not valid JSON ({e.msg})"))
+                        return
+                    if not isinstance(row, dict) or (_json(row) + "\n").encode() != raw:
+                        bad.append((number, "the line is not as the export writes it (compact, "
+                                            "keys sorted)"))
+                        return
                 if number == 1 and "export" in row:
                     header = row["export"]
                     if header.get("digest") != header_digest(header):
