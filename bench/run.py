@@ -127,8 +127,7 @@ COUNTS = {
     "form_instances": "SELECT count(*) FROM form_instance",
     "item_values": "SELECT count(*) FROM item_value",
     "audit_rows": "SELECT count(*) FROM audit_trail",
-    "changed_values": "SELECT count(*) FROM audit_trail WHERE entity_type = 'item' "
-                      "AND action = 'update'",
+    "changed_values": "SELECT count(*) FROM audit_trail WHERE action = 'item.update'",
     "queries": "SELECT count(*) FROM data_query",
     "sdv_marks": "SELECT count(*) FROM item_verification",
     "signatures": "SELECT count(*) FROM signature",
