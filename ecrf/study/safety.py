@@ -11,6 +11,7 @@ from email.message import EmailMessage
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.orm import joinedload, selectinload
 
 from ecrf.casebook.models import FormInstance, ItemValue
 from ecrf.database import utcnow
@@ -48,6 +49,8 @@ def serious_events(site_ids: set[int] | None = None) -> list[SeriousEvent]:
                .where(ItemValue.item_key == "serious", ItemValue.value_text == "Y"))
     stmt = (sa.select(FormInstance).join(Subject)
             .where(FormInstance.crf_key == "adverse_event", FormInstance.id.in_(serious))
+            .options(selectinload(FormInstance.values),  # not one query per event
+                     joinedload(FormInstance.subject).joinedload(Subject.site))
             .order_by(FormInstance.id.desc()))
     if site_ids is not None:
         stmt = stmt.where(Subject.site_id.in_(site_ids))
