@@ -42,6 +42,28 @@ class Config:
     # How often (seconds) a session's last activity is written back; bounds write load.
     SESSION_TOUCH_SECONDS = 30
 
+    # Refused password checks (login, second-factor code, signing), counted per client address
+    # and per account in a store every app server shares (production: Redis), in limits'
+    # notation ("10 per 5 minutes"). Only refusals count.
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    RATELIMIT_KEY_PREFIX = "ecrf"
+    RATELIMIT_STRATEGY = "moving-window"
+    RATELIMIT_HEADERS_ENABLED = True
+    # the store unreachable: count in the app server's memory rather than refuse every login
+    RATELIMIT_SWALLOW_ERRORS = True
+    RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+    AUTH_RATE_LIMIT_PER_ADDRESS = "30 per 5 minutes"
+    AUTH_RATE_LIMIT_PER_ACCOUNT = "10 per 5 minutes"
+    # Second factor (TOTP, RFC 6238): optional for every user; the roles listed here must use it
+    # (a holder of such a role enrols at the next login). Empty by default; see docs/security.md.
+    TOTP_REQUIRED_ROLES: tuple[str, ...] = ()
+    TOTP_ISSUER = "ecrf JAKAHDI"
+    # Minutes between a correct password and its second-factor code.
+    TOTP_PENDING_MINUTES = 5
+    # Access review: an account without a login for this many days is reported as dormant.
+    DORMANT_DAYS = 90
+
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_NAME = "ecrf_session"
@@ -75,6 +97,9 @@ class TestConfig(Config):
     ARGON2_PROFILE = "CHEAPEST"  # fast hashing for the suite; production uses RFC 9106
     #: web exports run in the request's thread in tests (one test runs the real background job)
     EXPORTS_RUN_INLINE = True
+    #: the rate limits would count every test's logins together: the tests that prove them
+    #: switch them on with a store of their own
+    RATELIMIT_ENABLED = False
 
 
 class ProductionConfig(Config):
@@ -85,12 +110,18 @@ class ProductionConfig(Config):
 
     @staticmethod
     def check(app_config: dict, explicit: set[str]) -> None:
-        """Refuse to start on defaults: an explicit secret and database are required."""
+        """Refuse to start on defaults: an explicit secret and database are required, and the
+        rate limits must be counted where every app server sees them."""
         missing = [name for name in ("SECRET_KEY", "DATABASE_URL") if name not in explicit]
         if missing:
             raise RuntimeError(
                 "Production configuration refuses to start without: " + ", ".join(missing)
             )
+        if app_config["RATELIMIT_ENABLED"] and app_config["RATELIMIT_STORAGE_URI"].startswith(
+                "memory://"):
+            raise RuntimeError(
+                "Production configuration refuses to count login attempts in one server's "
+                "memory: set ECRF_RATELIMIT_STORAGE_URI (e.g. redis://host:6379/0)")
 
 
 #: environment variable -> (config key, converter); read when the app is created, not at import
@@ -104,6 +135,12 @@ ENVIRONMENT = {
     "ECRF_LOCKOUT_MINUTES": ("LOCKOUT_MINUTES", int),
     "ECRF_SESSION_IDLE_MINUTES": ("SESSION_IDLE_MINUTES", int),
     "ECRF_DEMO_PASSWORD": ("DEMO_PASSWORD", str),
+    "ECRF_RATELIMIT_STORAGE_URI": ("RATELIMIT_STORAGE_URI", str),
+    "ECRF_AUTH_RATE_LIMIT_PER_ADDRESS": ("AUTH_RATE_LIMIT_PER_ADDRESS", str),
+    "ECRF_AUTH_RATE_LIMIT_PER_ACCOUNT": ("AUTH_RATE_LIMIT_PER_ACCOUNT", str),
+    "ECRF_TOTP_REQUIRED_ROLES": ("TOTP_REQUIRED_ROLES",
+                                 lambda v: tuple(r.strip() for r in v.split(",") if r.strip())),
+    "ECRF_DORMANT_DAYS": ("DORMANT_DAYS", int),
     "ECRF_API_TOKEN_DAYS": ("API_TOKEN_DAYS", int),
     "ECRF_EXPORTS_QUEUE": ("EXPORTS_QUEUE", str),
     "ECRF_EXPORTS_DIR": ("EXPORTS_DIR", str),

@@ -67,6 +67,9 @@ def create_app(config=None, **overrides) -> Flask:
     _init_login(app, login_manager)
     _load_study(app)
     _register_blueprints(app)
+    from ecrf.auth import ratelimit
+
+    ratelimit.init_app(app)  # after the blueprints: it limits the views that check passwords
     _register_hooks(app)
     _register_errors(app)
 

@@ -207,7 +207,8 @@ def later(monkeypatch):
         return real() + offset["delta"]
 
     for module in ("ecrf.database", "ecrf.auth.services", "ecrf.access.grants",
-                   "ecrf.study.services", "ecrf.access.services"):
+                   "ecrf.study.services", "ecrf.access.services", "ecrf.auth.views",
+                   "ecrf.auth.second_factor", "ecrf.admin.access_review", "ecrf.auth.models"):
         monkeypatch.setattr(f"{module}.utcnow", fake)
 
     def advance(**kwargs):

@@ -494,6 +494,39 @@ CALLS.update({
 })
 
 
+# --- stronger authentication: the second factor, account end dates, the access review
+
+
+def _walk_code(w) -> dict:
+    """A valid code for the walker's own enrolment (its secret made just before the request)."""
+    import pyotp
+
+    from ecrf.auth import second_factor
+
+    second_factor.start_enrolment(w.holder)
+    totp = pyotp.TOTP(w.holder.totp_secret)
+    return {"code": totp.generate_otp(totp.timecode(utcnow()))}
+
+
+CALLS.update({
+    ("GET", "auth.second_factor_step"): Call(302, lambda w: "/auth/login", logged_in_to="/"),
+    # without a password accepted a moment ago there is nothing to complete (tested in
+    # tests/test_auth_hardening.py)
+    ("POST", "auth.second_factor_step"): Call(302, lambda w: "/auth/login", lambda w: {"code": "1"},
+                                              logged_in_to="/"),
+    ("GET", "auth.second_factor_setup"): Call(),
+    ("POST", "auth.second_factor_setup"): Call(
+        302, lambda w: "/", _walk_code,
+        effect=lambda w: _actions("auth.second_factor_enrolled")),
+    ("POST", "admin.reset_second_factor"): Call(
+        302, _user_page, lambda w: REASON, effect=lambda w: _actions("auth.second_factor_reset")),
+    ("POST", "admin.set_expiry"): Call(
+        302, _user_page, lambda w: {"expires_at": "2030-01-01T00:00", **REASON},
+        effect=_target(User.expires_at)),
+    ("GET", "admin.access_review_report"): Call(),
+})
+
+
 def url_map_calls(app: Flask) -> list[tuple[str, str]]:
     """Every (method, endpoint) the URL map answers, HEAD and OPTIONS aside."""
     return sorted({(method, rule.endpoint) for rule in app.url_map.iter_rules()

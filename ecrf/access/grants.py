@@ -16,7 +16,7 @@ from ecrf.extensions import db
 
 def active_grants(user, when: datetime | None = None) -> list[Grant]:
     when = when or utcnow()
-    if not user.is_active or user.is_system:
+    if not user.is_active or user.is_system or user.expired(when):
         return []
     grants = db.session.scalars(
         sa.select(Grant).where(Grant.user_id == user.id, Grant.revoked_at.is_(None))

@@ -43,3 +43,10 @@ class SiteForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """A bare POST with its CSRF token."""
+
+
+class ExpiryForm(ReasonFields, FlaskForm):
+    """An account's end date (UTC); empty removes it."""
+
+    expires_at = DateTimeLocalField(_l("Account expires (UTC)"), validators=[Optional()],
+                                    format="%Y-%m-%dT%H:%M")

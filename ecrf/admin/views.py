@@ -6,14 +6,15 @@ from datetime import UTC
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from flask import abort, flash, g, redirect, render_template, url_for
+from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from ecrf.access import services as access_services
 from ecrf.access.decorators import requires
 from ecrf.access.models import Grant
-from ecrf.admin import bp
-from ecrf.admin.forms import ConfirmForm, GrantForm, ReasonForm, SiteForm, UserForm
+from ecrf.admin import access_review, bp
+from ecrf.admin.forms import ConfirmForm, ExpiryForm, GrantForm, ReasonForm, SiteForm, UserForm
+from ecrf.auth import second_factor
 from ecrf.auth import services as auth_services
 from ecrf.auth.models import User
 from ecrf.extensions import db
@@ -66,8 +67,10 @@ def view_user(user_id: int):
     user = _user_or_404(user_id)
     grant_form = GrantForm()
     grant_form.site.choices = choices([("", "—")] + [(s.id, f"{s.code} {s.name}") for s in _sites()])
+    expiry_form = ExpiryForm(expires_at=user.expires_at.replace(tzinfo=None)
+                             if user.expires_at else None)
     return render_template("admin/user.html", user=user, grant_form=grant_form,
-                           reason_form=ReasonForm())
+                           reason_form=ReasonForm(), expiry_form=expiry_form)
 
 
 def _reasoned_action(user_id: int, action, done: str):
@@ -104,6 +107,46 @@ def unlock_user(user_id: int):
 @requires("users.manage")
 def reset_password(user_id: int):
     return _reasoned_action(user_id, auth_services.reset_password, "")
+
+
+@bp.route("/users/<int:user_id>/reset-second-factor", methods=["POST"])
+@requires("users.manage")
+def reset_second_factor(user_id: int):
+    """A lost phone: the second factor is removed; a role that requires one enrols again."""
+    return _reasoned_action(user_id, second_factor.reset,
+                            N_("%(user)s has no second factor now."))
+
+
+@bp.route("/users/<int:user_id>/expiry", methods=["POST"])
+@requires("users.manage")
+def set_expiry(user_id: int):
+    user = _user_or_404(user_id)
+    form = ExpiryForm()
+    if not form.validate_on_submit():
+        flash(_("The end date could not be read: %(problems)s",
+                problems="; ".join(str(e) for errs in form.errors.values() for e in errs)), "error")
+        return redirect(url_for("admin.view_user", user_id=user.id))
+    when = form.expires_at.data.replace(tzinfo=UTC) if form.expires_at.data else None
+    try:
+        auth_services.set_expiry(g.access.actor(), user, when, form.reason())
+    except auth_services.AccountError as e:
+        flash(str(e), "error")
+    else:
+        flash(_("%(user)s expires on %(date)s UTC.", user=user.username,
+                date=f"{when:%Y-%m-%d %H:%M}") if when else
+              _("%(user)s has no end date.", user=user.username), "info")
+    return redirect(url_for("admin.view_user", user_id=user.id))
+
+
+@bp.route("/access-review")
+@requires("users.manage")
+def access_review_report():
+    """Who holds which role, who logged in when, and which accounts are dormant (P11-10d)."""
+    report = access_review.build()
+    if request.args.get("format") == "csv":
+        return Response(access_review.to_csv(report), mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="access-review-{report.at:%Y%m%d}.csv"'})
+    return render_template("admin/access_review.html", report=report)
 
 
 @bp.route("/users/<int:user_id>/grants", methods=["POST"])

@@ -126,6 +126,8 @@ def authenticate(presented: str | None) -> Authentication:
         why = "token expired"
     elif user.is_system or not user.is_active:
         why = "account inactive"
+    elif user.expired():
+        why = "account expired"
     elif user.locked_at is not None:
         why = "account locked"
     elif user.must_change_password:

@@ -21,3 +21,10 @@ class ChangePasswordForm(FlaskForm):
     confirm = PasswordField(_l("Repeat the new password"),
                             validators=[DataRequired(), Length(max=256)],
                             render_kw={"autocomplete": "new-password"})
+
+
+class CodeForm(FlaskForm):
+    code = StringField(_l("Code from your authenticator app"),
+                       validators=[DataRequired(), Length(max=16)],
+                       render_kw={"autocomplete": "one-time-code", "inputmode": "numeric",
+                                  "autofocus": True})

@@ -18,8 +18,8 @@ class User(Audited, Base):
     __tablename__ = "user"
     __audit__ = AuditSpec(
         "user",
-        exclude=frozenset({"created_at", "last_login_at"}),
-        secret=frozenset({"password_hash"}),
+        exclude=frozenset({"created_at", "last_login_at", "totp_last_step"}),
+        secret=frozenset({"password_hash", "totp_secret"}),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -37,6 +37,13 @@ class User(Audited, Base):
     password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: after this instant the account can no longer log in (a temporary monitor, an auditor)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the second factor's shared secret (base32); in use once confirmed with a first code
+    totp_secret: Mapped[str | None] = mapped_column(sa.String(64))
+    totp_confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the time step of the last code accepted: a code is never accepted twice
+    totp_last_step: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     grants: Mapped[list[Grant]] = relationship(  # noqa: F821
         "Grant", foreign_keys="Grant.user_id", back_populates="user", order_by="Grant.id"
@@ -58,6 +65,10 @@ class User(Audited, Base):
 
     def audit_path(self):
         return {"user": self.username}
+
+    def expired(self, when: datetime | None = None) -> bool:
+        """Past its expiry date: no login, no session, no grant, no API token."""
+        return self.expires_at is not None and (when or utcnow()) >= self.expires_at
 
     def __repr__(self) -> str:
         return f"<User {self.username}>"

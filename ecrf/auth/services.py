@@ -7,13 +7,14 @@ lockout follows N failures in a row (P11-300d); sessions live in the database.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app
+from flask import current_app, has_request_context, request
 from flask_babel import gettext as _
 
 from ecrf.audit.reasons import Reason
@@ -93,6 +94,30 @@ def _lock_expired(user: User) -> bool:
 # --- login, logout, sessions ---------------------------------------------------------------
 
 
+def _security_log():
+    return logging.getLogger("ecrf.security")
+
+
+def count_failure(user: User, *, purpose: str, failure_action: str, what: str) -> None:
+    """A refused password or code: an audit record, and the lockout at N failures in a row
+    (P11-300d), with an alert in the log for the administrators. Committed even though the
+    caller fails."""
+    with unit_of_work(system_actor(), Reason.system(f"failed {purpose}")) as uow:
+        user.failed_logins += 1
+        uow.record(failure_action, "user", user.id, new=f"{user.username}: {what}")
+        if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
+            user.locked_at = utcnow()
+            uow.record("auth.locked", "user", user.id,
+                       new=f"{user.failed_logins} failed checks in a row (the last at {purpose})")
+            _security_log().warning(
+                "account %s locked after %d failed checks in a row (the last at %s, from %s)",
+                user.username, user.failed_logins, purpose, _client())
+
+
+def _client() -> str:
+    return (request.remote_addr or "-") if has_request_context() else "-"
+
+
 def check_password(user: User, password: str, *, purpose: str, failure_action: str) -> str | None:
     """Why the password of this account is refused ("locked" or "wrong password"), or None.
 
@@ -110,14 +135,7 @@ def check_password(user: User, password: str, *, purpose: str, failure_action: s
             uow.record(failure_action, "user", user.id, new=f"{user.username}: account locked")
         return "locked"
     if not verify_password(user.password_hash, password):
-        with unit_of_work(system_actor(), Reason.system(f"failed {purpose}")) as uow:
-            user.failed_logins += 1
-            uow.record(failure_action, "user", user.id, new=f"{user.username}: wrong password")
-            if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
-                user.locked_at = utcnow()
-                uow.record("auth.locked", "user", user.id,
-                           new=f"{user.failed_logins} failed password checks in a row "
-                               f"(the last at {purpose})")
+        count_failure(user, purpose=purpose, failure_action=failure_action, what="wrong password")
         return "wrong password"
     return None
 
@@ -127,6 +145,8 @@ class LoginResult:
     user: User | None
     token: str | None
     message: str | None
+    #: the password was right and the login needs a second factor: "code" or "enrol"
+    second_factor: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +155,7 @@ class LoginResult:
 
 def login(username: str, password: str, *, client: str | None = None,
           user_agent: str | None = None) -> LoginResult:
+    """Check a username and password; start a session unless a second factor is still due."""
     username = (username or "").strip()[:64]
     user = get_user(username)
     fail = LoginResult(None, None, _(LOGIN_FAILED_MESSAGE))
@@ -146,17 +167,35 @@ def login(username: str, password: str, *, client: str | None = None,
         return fail
     if check_password(user, password, purpose="login", failure_action="auth.login_failed"):
         return fail
+    if user.expired():
+        with unit_of_work(system_actor(), Reason.system("failed login")) as uow:
+            uow.record("auth.login_failed", "user", user.id, new=f"{user.username}: account expired")
+        return LoginResult(None, None, _("This account expired on %(date)s. Ask an administrator "
+                                         "to extend it.", date=f"{user.expires_at:%Y-%m-%d %H:%M} UTC"))
+    if needs_rehash(user.password_hash):
+        with unit_of_work(Actor.of(user), Reason.system("password hash upgraded")):
+            user.password_hash = hash_password(password)
+    from ecrf.auth import second_factor
+
+    step = second_factor.needed_at_login(user)
+    if step is not None:
+        with unit_of_work(Actor.of(user), Reason.system("password accepted")) as uow:
+            uow.record("auth.second_factor_due", "user", user.id, new=f"{user.username}: {step}")
+        return LoginResult(user, None, None, second_factor=step)
+    return LoginResult(user, start_session(user, client=client, user_agent=user_agent), None)
+
+
+def start_session(user: User, *, client: str | None = None, user_agent: str | None = None) -> str:
+    """A new server-side session (a new id: nothing from before the login is reused)."""
     token = secrets.token_urlsafe(32)
     with unit_of_work(Actor.of(user), Reason.system("successful login")) as uow:
-        if needs_rehash(user.password_hash):
-            user.password_hash = hash_password(password)
         user.failed_logins = 0
         user.last_login_at = utcnow()
         db.session.add(UserSession(token_hash=_token_hash(token), user_id=user.id,
                                    client=client, user_agent=(user_agent or "")[:256]))
         uow.record("auth.login", "user", user.id, new=user.username)
     user.session_token = token
-    return LoginResult(user, token, None)
+    return token
 
 
 def load_session(token: str) -> tuple[User | None, str | None]:
@@ -169,7 +208,7 @@ def load_session(token: str) -> tuple[User | None, str | None]:
     user = session.user
     now = utcnow()
     idle = timedelta(minutes=current_app.config["SESSION_IDLE_MINUTES"])
-    if not user.is_active or user.locked_at is not None:
+    if not user.is_active or user.locked_at is not None or user.expired(now):
         end_session(session, "account_disabled")
         return None, "ended"
     if now - session.last_seen_at > idle:
@@ -269,3 +308,40 @@ def reset_password(actor: Actor, user: User, reason: Reason) -> str:
         _end_sessions(user, "password_reset")
         uow.record("auth.password_reset", "user", user.id, new=user.username)
     return temp
+
+
+def set_expiry(actor: Actor, user: User, expires_at, reason: Reason) -> None:
+    """Give an account an end date (a temporary monitor, an inspector), or remove it."""
+    if user.is_system:
+        raise AccountError(_("System accounts cannot be changed."))
+    with unit_of_work(actor, reason):
+        user.expires_at = expires_at
+        if user.expired():
+            _end_sessions(user, "expired")
+
+
+@dataclass
+class Lockout:
+    at: object
+    user: User | None
+    what: str
+
+
+def lockout_alerts(days: int = 7) -> tuple[list[User], list[Lockout]]:
+    """For the administrators' home: accounts locked now, and the lockouts of the last days
+    (read from the audit trail, so a lock already lifted is still reported)."""
+    from ecrf.audit.models import AuditRecord
+
+    locked = db.session.scalars(sa.select(User).where(User.locked_at.is_not(None),
+                                                      User.is_system.is_(False))
+                                .order_by(User.locked_at.desc())).all()
+    since = utcnow() - timedelta(days=days)
+    rows = db.session.scalars(
+        sa.select(AuditRecord).where(AuditRecord.action == "auth.locked",
+                                     AuditRecord.recorded_at >= since)
+        .order_by(AuditRecord.seq.desc()).limit(50)).all()
+    users = {str(u.id): u for u in db.session.scalars(
+        sa.select(User).where(User.id.in_({int(r.entity_id) for r in rows if r.entity_id})))}
+    recent = [Lockout(r.recorded_at, users.get(r.entity_id),
+                      r.value.new_value if r.value and r.value.new_value else "") for r in rows]
+    return list(locked), recent

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from flask import flash, g, redirect, render_template, request, session, url_for
+from datetime import timedelta
+
+from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_user, logout_user
 
 from ecrf.access.decorators import authenticated, public
-from ecrf.auth import bp, services
-from ecrf.auth.forms import ChangePasswordForm, LoginForm
+from ecrf.auth import bp, second_factor, services
+from ecrf.auth.forms import ChangePasswordForm, CodeForm, LoginForm
+from ecrf.auth.models import User
+from ecrf.auth.ratelimit import checks_password
+from ecrf.database import utcnow
+from ecrf.extensions import db
 
 
 def _fresh_session() -> None:
@@ -27,6 +33,7 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 @public
+@checks_password()
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
@@ -40,6 +47,11 @@ def login():
             _fresh_session()  # a fresh session at login
             login_user(result.user)
             return redirect(_safe_next(request.args.get("next")))
+        if result.second_factor:
+            _fresh_session()
+            session["pending_login"] = {"user": result.user.id, "at": utcnow().timestamp(),
+                                        "next": _safe_next(request.args.get("next"))}
+            return redirect(url_for("auth.second_factor_step"))
         flash(result.message, "error")
         return render_template("auth/login.html", form=form), 401
     return render_template("auth/login.html", form=form)
@@ -69,3 +81,89 @@ def change_password():
     status = 400 if problems else 200
     return render_template("auth/password.html", form=form, problems=problems,
                            forced=current_user.must_change_password), status
+
+
+def _pending_user() -> User | None:
+    """The account whose password was accepted a few minutes ago and whose code is due."""
+    pending = session.get("pending_login")
+    if not pending:
+        return None
+    minutes = current_app.config["TOTP_PENDING_MINUTES"]
+    if utcnow().timestamp() - pending["at"] > timedelta(minutes=minutes).total_seconds():
+        session.pop("pending_login", None)
+        return None
+    user = db.session.get(User, pending["user"])
+    if user is None or not user.is_active or user.locked_at is not None or user.expired():
+        session.pop("pending_login", None)
+        return None
+    return user
+
+
+@bp.route("/second-factor", methods=["GET", "POST"])
+@public
+@checks_password("pending")
+def second_factor_step():
+    """The code after the password; a role that requires a second factor enrols here first."""
+    if current_user.is_authenticated:
+        return redirect(url_for("main.index"))
+    user = _pending_user()
+    if user is None:
+        flash(_("Log in again: the code was not given in time, or the account is locked."), "error")
+        return redirect(url_for("auth.login"))
+    enrolling = not second_factor.enrolled(user)
+    if enrolling and user.totp_secret is None:
+        second_factor.start_enrolment(user)
+    form = CodeForm()
+    status = 200
+    if form.validate_on_submit():
+        step = second_factor.matching_step(user, form.code.data)
+        if step is None:
+            services.count_failure(user, purpose="second factor",
+                                   failure_action="auth.second_factor_failed", what="wrong code")
+            if user.locked_at is not None:
+                session.pop("pending_login", None)
+                flash(_(services.LOGIN_FAILED_MESSAGE), "error")
+                return redirect(url_for("auth.login"))
+            flash(_("The code is wrong or was already used. Type the code your app shows now."),
+                  "error")
+            status = 401
+        else:
+            second_factor.accept(user, step, confirming=enrolling)
+            services.start_session(user, client=request.remote_addr,
+                                   user_agent=request.user_agent.string)
+            target = session["pending_login"]["next"]
+            _fresh_session()
+            login_user(user)
+            return redirect(_safe_next(target))
+    form.code.data = ""
+    return render_template("auth/second_factor.html", form=form, user=user, enrolling=enrolling,
+                           qr=second_factor.qr_svg(user) if enrolling else None), status
+
+
+@bp.route("/second-factor/setup", methods=["GET", "POST"])
+@authenticated
+@checks_password("signed-in")
+def second_factor_setup():
+    """Any user may add a second factor to their account."""
+    if second_factor.enrolled(current_user):
+        return render_template("auth/second_factor.html", user=current_user, enrolled=True,
+                               form=None, enrolling=False, qr=None)
+    if current_user.totp_secret is None:
+        second_factor.start_enrolment(current_user)
+    form = CodeForm()
+    status = 200
+    if form.validate_on_submit():
+        step = second_factor.matching_step(current_user, form.code.data)
+        if step is None:
+            services.count_failure(current_user, purpose="second factor",
+                                   failure_action="auth.second_factor_failed", what="wrong code")
+            flash(_("The code is wrong or was already used. Type the code your app shows now."),
+                  "error")
+            status = 401
+        else:
+            second_factor.accept(current_user, step, confirming=True)
+            flash(_("Your second factor is set: each login now asks for a code."), "info")
+            return redirect(url_for("main.index"))
+    form.code.data = ""
+    return render_template("auth/second_factor.html", form=form, user=current_user,
+                           enrolling=True, qr=second_factor.qr_svg(current_user)), status

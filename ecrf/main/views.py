@@ -10,6 +10,7 @@ from flask_login import current_user
 from ecrf.access.decorators import authenticated, public, requires
 from ecrf.access.grants import Access, active_grants
 from ecrf.access.scoping import sites_for
+from ecrf.auth.services import lockout_alerts
 from ecrf.database import utcnow
 from ecrf.main import bp
 from ecrf.review import dashboard, queries, sdv, signatures
@@ -53,6 +54,9 @@ def index():
         home["sdv"] = sdv.backlog_by_site(crf_sites)
         signoff = signatures.pending_and_broken(crf_sites)
         home["signoff"] = (len(signoff.ready_unsigned), len(signoff.broken))
+    if _sites("users.manage") is not False:
+        # administrators are told of lockouts (P11-300d): who is locked now, who was this week
+        home["locked"], home["lockouts"] = lockout_alerts(days=7)
     return render_template("main/index.html", grants=grants, alerts=alerts, home=home)
 
 

@@ -10,6 +10,7 @@ from flask_login import current_user
 from ecrf.access.decorators import record_refusal, refuse, requires
 from ecrf.access.scoping import site_or_404, sites_for, subject_or_404
 from ecrf.auth.models import User
+from ecrf.auth.ratelimit import checks_password
 from ecrf.casebook.services import local_time
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
@@ -43,12 +44,14 @@ def _signature_helpers():
 
 @bp.route("/subjects/<code>/sign", methods=["GET", "POST"])
 @requires("casebook.sign")
+@checks_password("signed-in")
 def sign_casebook(code: str):
     return _sign(subject_or_404(code), services.SignScope.casebook())
 
 
 @bp.route("/subjects/<code>/visits/<visit_key>/<int:visit_repeat>/sign", methods=["GET", "POST"])
 @requires("casebook.sign")
+@checks_password("signed-in")
 def sign_visit(code: str, visit_key: str, visit_repeat: int):
     subject = subject_or_404(code)
     try:
