@@ -64,6 +64,12 @@ class Config:
     # Access review: an account without a login for this many days is reported as dormant.
     DORMANT_DAYS = 90
 
+    # Reverse proxies (the TLS terminator) in front of the app whose X-Forwarded-For/-Proto/-Host
+    # are trusted; 0 when clients connect directly. Wrong here, every client shares one address.
+    PROXY_COUNT = 0
+    # Strict-Transport-Security max-age (seconds) sent with every answer; 0 sends none.
+    HSTS_SECONDS = 0
+
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_NAME = "ecrf_session"
@@ -107,6 +113,7 @@ class ProductionConfig(Config):
     SESSION_COOKIE_SECURE = True
     SESSION_COOKIE_SAMESITE = "Strict"
     PREFERRED_URL_SCHEME = "https"
+    HSTS_SECONDS = 31536000  # served over TLS only: browsers must never fall back to http
 
     @staticmethod
     def check(app_config: dict, explicit: set[str]) -> None:
@@ -141,6 +148,8 @@ ENVIRONMENT = {
     "ECRF_TOTP_REQUIRED_ROLES": ("TOTP_REQUIRED_ROLES",
                                  lambda v: tuple(r.strip() for r in v.split(",") if r.strip())),
     "ECRF_DORMANT_DAYS": ("DORMANT_DAYS", int),
+    "ECRF_PROXY_COUNT": ("PROXY_COUNT", int),
+    "ECRF_HSTS_SECONDS": ("HSTS_SECONDS", int),
     "ECRF_API_TOKEN_DAYS": ("API_TOKEN_DAYS", int),
     "ECRF_EXPORTS_QUEUE": ("EXPORTS_QUEUE", str),
     "ECRF_EXPORTS_DIR": ("EXPORTS_DIR", str),

@@ -57,6 +57,13 @@ def create_app(config=None, **overrides) -> Flask:
         Path(app.config["SQLALCHEMY_DATABASE_URI"][len("sqlite:///"):]).parent.mkdir(
             parents=True, exist_ok=True)
 
+    if app.config["PROXY_COUNT"]:
+        # behind the TLS proxy: the client's address (rate limits, the audit trail's client) and
+        # scheme come from the proxies' X-Forwarded-* headers, trusted for this many hops only
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = app.config["PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     db.init_app(app)
     with app.app_context():
         configure_engine(db.engine)
@@ -174,6 +181,8 @@ def _register_hooks(app: Flask) -> None:
         h["X-Frame-Options"] = "DENY"
         h["Referrer-Policy"] = "same-origin"
         h["Cache-Control"] = h.get("Cache-Control", "no-store")
+        if app.config["HSTS_SECONDS"]:
+            h["Strict-Transport-Security"] = f"max-age={app.config['HSTS_SECONDS']}"
         return response
 
     @app.context_processor

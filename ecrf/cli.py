@@ -490,6 +490,10 @@ def register_commands(app) -> None:
 
     for command in (users, sites, audit, access, crf_cli, demo, closure_cli, export_cli):
         app.cli.add_command(command)
+    # backup and restore (docs/backup.md)
+    from ecrf.backup import backup_cli
+
+    app.cli.add_command(backup_cli)
 
 
 def _create_app():

@@ -439,3 +439,36 @@ def test_without_a_lockout_the_administrators_home_reports_none(make, login, log
     section = home[home.index('id="lockouts"'):]
     section = section[:section.index("</section>")]
     assert "carl" not in section and "No lockout in the last 7 days." in section
+
+
+# --- behind the TLS proxy ----------------------------------------------------------------------
+
+
+def _spray_through_proxy(app) -> list[int]:
+    """Two clients behind the same proxy (same REMOTE_ADDR), each spraying from its own address."""
+    statuses = []
+    for client_address in ("198.51.100.7", "198.51.100.7", "198.51.100.7", "203.0.113.9"):
+        statuses.append(app.test_client().post(
+            "/auth/login", data={"username": f"u{len(statuses)}", "password": "x" * 12},
+            environ_base={"REMOTE_ADDR": "10.0.0.1"},
+            headers={"X-Forwarded-For": client_address}).status_code)
+    return statuses
+
+
+def test_behind_the_proxy_each_client_is_limited_by_its_own_address(limited):
+    app = limited(PROXY_COUNT=1, AUTH_RATE_LIMIT_PER_ADDRESS="2 per 5 minutes",
+                  AUTH_RATE_LIMIT_PER_ACCOUNT="100 per 5 minutes")
+    assert _spray_through_proxy(app) == [401, 401, 429, 401]
+
+
+def test_without_trusting_the_proxy_every_client_shares_its_address(limited):
+    """Negative control: why PROXY_COUNT must be set behind a proxy."""
+    app = limited(PROXY_COUNT=0, AUTH_RATE_LIMIT_PER_ADDRESS="2 per 5 minutes",
+                  AUTH_RATE_LIMIT_PER_ACCOUNT="100 per 5 minutes")
+    assert _spray_through_proxy(app) == [401, 401, 429, 429]
+
+
+def test_production_answers_carry_strict_transport_security(client, app, monkeypatch):
+    assert "Strict-Transport-Security" not in client.get("/auth/login").headers
+    monkeypatch.setitem(app.config, "HSTS_SECONDS", 31536000)
+    assert client.get("/auth/login").headers["Strict-Transport-Security"] == "max-age=31536000"

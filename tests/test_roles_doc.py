@@ -1,14 +1,18 @@
-"""The roles table in docs/roles.md is the one generated from ecrf.access.roles (no hand edits)."""
+"""The roles tables in docs/roles.md and docs/security.md are the one generated from
+ecrf.access.roles (no hand edits)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from ecrf.access import roles
 from ecrf.access.roles import markdown_table
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "roles.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOC = DOCS / "roles.md"
 START, END = "<!-- roles:start -->", "<!-- roles:end -->"
 
 
@@ -19,9 +23,10 @@ def documented_table(text: str) -> str:
     return between.removeprefix("\n")
 
 
-def test_the_roles_table_in_the_docs_is_the_one_generated_from_the_code():
-    assert documented_table(DOC.read_text(encoding="utf-8")) == markdown_table(), (
-        "docs/roles.md is out of date: paste the output of `ecrf access table` between the markers")
+@pytest.mark.parametrize("page", ["roles.md", "security.md"])
+def test_the_roles_table_in_the_docs_is_the_one_generated_from_the_code(page):
+    assert documented_table((DOCS / page).read_text(encoding="utf-8")) == markdown_table(), (
+        f"docs/{page} is out of date: paste the output of `ecrf access table` between the markers")
 
 
 def test_the_check_fails_when_the_code_changes_without_the_docs(monkeypatch):

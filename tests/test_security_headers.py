@@ -211,6 +211,7 @@ def test_production_runs_with_the_secret_and_database_its_start_check_accepted(m
     url = f"sqlite:///{tmp_path / 'prod.sqlite'}"
     monkeypatch.setenv("SECRET_KEY", "a-production-secret-of-some-length")
     monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("ECRF_RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/15")
     app = create_app("production")  # the check accepts: both are set now
     assert app.config["SECRET_KEY"] == "a-production-secret-of-some-length"
     assert app.config["SQLALCHEMY_DATABASE_URI"] == url

@@ -78,6 +78,10 @@ ACTION_LABELS = {
     "auth.password_reset": _l("Password reset"),
     "auth.account_created": _l("Account created"),
     "auth.signature_failed": _l("Failed signing"),
+    "auth.second_factor_due": _l("Password accepted, second factor due"),
+    "auth.second_factor_enrolled": _l("Second factor set"),
+    "auth.second_factor_failed": _l("Wrong second-factor code"),
+    "auth.second_factor_reset": _l("Second factor removed"),
     "access.denied": _l("Access refused"),
     "study.definition_changed": _l("Study definition changed"),
     "audit.redact": _l("Value redacted"),
@@ -92,6 +96,7 @@ ACTION_LABELS = {
     "export.done": _l("Export done"),
     "export.failed": _l("Export failed"),
     "export.downloaded": _l("Export downloaded"),
+    "backup.create": _l("Database backed up"),
 }
 EXPORT_ACTION = "audit.exported"
 EXPORT_REASON = Reason.system("audit trail downloaded")
