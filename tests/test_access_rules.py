@@ -494,6 +494,22 @@ CALLS.update({
 })
 
 
+# --- redaction: the weight entered on site 02's form, redacted by a data manager
+
+
+def _walk_redactable(w) -> int:
+    return audit_rows(action="item.create", subject=w.subjects[OTHER_SITE].code, item=TOY_ITEM)[0].seq
+
+
+CALLS.update({
+    ("GET", "audit.redact_value"): Call(),
+    ("POST", "audit.redact_value"): Call(
+        302, lambda w: "/audit/", lambda w: {"reason_code": "entry_error", "reason_text": "access walk"},
+        effect=lambda w: _actions("audit.redact")),
+})
+URL_PARAMS.update({"seq": _walk_redactable, "side": lambda w: "new"})
+
+
 # --- stronger authentication: the second factor, account end dates, the access review
 
 

@@ -29,6 +29,7 @@ PERMISSIONS: dict[str, str] = {
     "export.run": "Export the data of one's sites: CDISC ODM, analysis datasets, PDF casebooks",
     "audit.view": "Read the audit trail and export it (CSV, JSON lines)",
     "audit.review": "Review the audit trail's flagged records (late entries, changes after SDV...)",
+    "audit.redact": "Redact a value entered by mistake, with a reason (masked in views and exports)",
     "users.manage": "Create, deactivate and unlock accounts; reset passwords; grant roles",
     "sites.manage": "Create and activate sites",
 }
@@ -55,7 +56,7 @@ ROLES: dict[str, Role] = {
         Role("data_manager", _l("Data manager"), False,
              frozenset({"subject.view", "crf.view", "query.manage", "sdv.plan", "delegation.manage",
                         "closure.freeze", "closure.unfreeze", "closure.lock", "closure.unlock",
-                        "export.run", "audit.view", "audit.review"})),
+                        "export.run", "audit.view", "audit.review", "audit.redact"})),
         Role("auditor", _l("Auditor / inspector"), False,
              frozenset({"subject.view", "crf.view", "audit.view", "export.run"})),
         # Administrators manage accounts and sites; they neither enter nor view clinical data.

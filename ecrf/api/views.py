@@ -28,6 +28,7 @@ from ecrf.audit.capture import audit_text
 from ecrf.audit.chain import format_time
 from ecrf.audit.models import AuditRecord
 from ecrf.audit.reasons import Reason
+from ecrf.audit.redaction import REDACTED_FLAVOR
 from ecrf.audit.unit_of_work import Actor, unit_of_work
 from ecrf.casebook.models import VALUE_COLUMNS, FormInstance, ItemValue
 from ecrf.extensions import db
@@ -226,7 +227,11 @@ def get_subject(code: str):
 
 
 def _value_json(value: ItemValue) -> dict:
-    """The value as the audit trail writes it; a null flavor (NI, UNK, NA, ASKU) instead of it."""
+    """The value as the audit trail writes it; a null flavor (NI, UNK, NA, ASKU) instead of it,
+    or MSK (masked) for a value a data manager redacted."""
+    if value.redacted_seq:
+        return {"item": value.item_key, "value": None, "null_flavor": REDACTED_FLAVOR,
+                "null_comment": None}
     text = None
     if not value.null_flavor:
         text = next((audit_text(getattr(value, c)) for c in VALUE_COLUMNS

@@ -1,6 +1,7 @@
 """The audit trail for auditors and data managers: the filtered, paginated view in words, its
-streamed downloads (each one audited), and the data managers' review worklist (EMA-6).
-The rules are in ``ecrf.audit.viewer`` and ``ecrf.audit.review``."""
+streamed downloads (each one audited), the data managers' review worklist (EMA-6) and their
+redaction of a value entered by mistake (E6(R3) 4.2.2b, GDPR).
+The rules are in ``ecrf.audit.viewer``, ``ecrf.audit.review`` and ``ecrf.audit.redaction``."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from flask_babel import gettext as _
 
 from ecrf.access.decorators import requires
 from ecrf.access.scoping import sites_for
+from ecrf.audit import redaction, viewer
 from ecrf.audit import review as audit_review
-from ecrf.audit import viewer
+from ecrf.audit.models import AuditRecord
+from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.casebook.services import registry
+from ecrf.extensions import db
 from ecrf.i18n import tr
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
@@ -125,3 +129,59 @@ def review_record():
                 flag=audit_review.FLAGS[flag]), "info")
     back = {k[len("back_"):]: v for k, v in request.form.items() if k.startswith("back_")}
     return redirect(url_for("audit.worklist", **_worklist_args(back)))
+
+
+# --- redaction ---------------------------------------------------------------------------------
+
+
+@bp.app_context_processor
+def _redaction_helpers():
+    def redacted_items(instance) -> dict[str, int]:
+        """Item key -> seq of the redaction, for the items of a form shown as redacted."""
+        if instance is None:
+            return {}
+        return {v.item_key: v.redacted_seq for v in instance.values if v.redacted_seq}
+
+    return {"redacted_items": redacted_items}
+
+
+def _redaction_page(found: redaction.Redaction, status: int = 200, error: str | None = None):
+    from ecrf.review.closure import refusal
+
+    closed = None
+    if found.current is not None:
+        closed = refusal(found.current.form_instance.subject)
+    row = db.session.execute(viewer._rows().where(AuditRecord.seq == found.seq)).one()
+    entry = viewer.Entry.of(row, viewer.site_zones(), viewer.Words())
+    return render_template("audit/redact.html", found=found, entry=entry, closed=closed,
+                           error=error, reasons=REASON_CODES, item_title=item_title,
+                           typed=request.form), status
+
+
+@bp.route("/redact/<int:seq>/<side>", methods=["GET", "POST"])
+@requires("audit.redact")
+def redact_value(seq: int, side: str):
+    """A data manager masks one value of the trail, after seeing what will be masked."""
+    try:
+        found = redaction.plan(seq, side)
+    except redaction.RedactionError:
+        abort(404)
+    if request.method == "GET":
+        return _redaction_page(found)
+    text = request.form.get("reason_text", "").strip()
+    code = request.form.get("reason_code", "entry_error")
+    if code not in REASON_CODES or not text:
+        return _redaction_page(found, 400, _("Give the reason for the redaction."))
+    from ecrf.review.closure import ClosedError
+
+    try:
+        redaction.redact_value(g.access.actor(), seq, side, Reason(code, text[:500]))
+    except ClosedError as e:
+        return _redaction_page(found, 409, tr(e.message))
+    except redaction.RedactionError as e:
+        return _redaction_page(found, 409, tr(e.args[0]))
+    flash(_("The value of audit record #%(seq)s is redacted.", seq=seq), "info")
+    record = found.record
+    where = {k: v for k, v in (("subject", record.subject), ("visit", record.visit),
+                               ("form", record.form), ("item", record.item)) if v}
+    return redirect(url_for("audit.trail", **where))

@@ -113,6 +113,9 @@ class ItemValue(Audited, Base):
     #: NI / UNK / NA / ASKU instead of a value, with an optional comment
     null_flavor: Mapped[str | None] = mapped_column(sa.String(4))
     null_comment: Mapped[str | None] = mapped_column(sa.String(500))
+    #: set when a data manager redacted the value (emptied above): the seq of the audit record of
+    #: that redaction; views and exports show the item as redacted until a new value is entered
+    redacted_seq: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     form_instance: Mapped[FormInstance] = relationship(back_populates="values")
     __closure__ = "data"

@@ -215,7 +215,8 @@ def item_history(code: str, visit_key: str, visit_repeat: int, crf_key: str, for
     rows = db.session.scalars(sa.select(AuditRecord).where(
         AuditRecord.subject == subject.code, AuditRecord.form == instance.form_label,
         AuditRecord.visit == instance.visit_label, AuditRecord.item == item_key,
-        AuditRecord.entity_type == "item",  # the value's own history (queries and SDV have theirs)
+        # the value's own history and its redactions (queries and SDV have theirs)
+        AuditRecord.entity_type.in_(("item", "audit")),
     ).order_by(AuditRecord.seq)).all()
     return render_template("casebook/history.html", subject=subject, instance=instance, crf=crf,
                            item=item, rows=rows, tz=subject.site.timezone,

@@ -29,7 +29,8 @@ its key upper-cased, unless taken; a companion column is the name cut to fit its
   (1 chosen, 0 not chosen, empty when the item has no value).
 - ``NAME_NF``: the null flavor (NI, UNK, NA, ASKU) when a reason the value is missing was given
   instead of a value (the value is then empty); derived items have none. The null flavor's
-  comment is not exported here (the ODM export and the audit trail keep it).
+  comment is not exported here (the ODM export and the audit trail keep it). ``MSK`` (masked):
+  a data manager redacted the value entered (the value is then empty).
 
 SAS transport version 5 limits: names of at most 8 characters, labels of at most 40 bytes (the
 dictionary keeps the full label; Stata keeps 80), text values of at most 200 bytes: a longer value
@@ -59,6 +60,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask_babel import force_locale
 
+from ecrf.audit.redaction import REDACTED_FLAVOR
 from ecrf.casebook.models import FORM_STATUS_LABELS, FormInstance, ItemValue
 from ecrf.database import utcnow
 from ecrf.exports.jobs import Scope, writer
@@ -90,6 +92,8 @@ DATE_FORMATS = {"xpt": {"date": "DATE9", "datetime": "DATETIME20"},
                 "sav": {"date": "DATE11", "datetime": "DATETIME20"},
                 "dta": {"date": "%td", "datetime": "%tc"}}
 INDICATOR_LABELS = {1: "Chosen", 0: "Not chosen"}
+#: the label of the null flavor of a redacted value in the codelists
+REDACTED_LABEL = "Masked: the value was redacted"
 
 
 # --- the layout: tables and columns, from the definitions alone ------------------------------
@@ -242,7 +246,8 @@ def crf_table(versions: dict[int, CRF], used_tables: set[str]) -> Table:
         if not all(i.derived for i in newest_first):
             table.columns.append(Column(
                 short_name(name, used, "_NF"), f"{label} (null flavor)", "text", "null_flavor",
-                tail=" (null flavor)", codelist=tuple((c, _english(t)) for c, t in NULL_FLAVORS.items()),
+                tail=" (null flavor)", codelist=(*((c, _english(t)) for c, t in NULL_FLAVORS.items()),
+                                                 (REDACTED_FLAVOR, REDACTED_LABEL)),
                 **common))
     return table
 
@@ -353,7 +358,7 @@ class RowBuilder:
         for key, columns in self.by_item.items():
             item = self.table.items[key].get(version)
             data = stored.get(key) if item is not None else None
-            flavor = data.null_flavor if data is not None else None
+            flavor = None if data is None else REDACTED_FLAVOR if data.redacted_seq else data.null_flavor
             value = None if data is None or flavor else _read_value(
                 item, getattr(data, item.type.column))
             label = self.labels.get((key, version))
@@ -611,7 +616,7 @@ def _instances(table: Table, subject_ids: list[int]) -> tuple[list, dict[int, di
     values: dict[int, dict[str, Any]] = {}
     stmt = sa.select(ItemValue.form_instance_id, ItemValue.item_key, ItemValue.value_text,
                      ItemValue.value_int, ItemValue.value_dec, ItemValue.value_date,
-                     ItemValue.value_dt, ItemValue.null_flavor).join(
+                     ItemValue.value_dt, ItemValue.null_flavor, ItemValue.redacted_seq).join(
         FormInstance, FormInstance.id == ItemValue.form_instance_id).where(*where)
     for row in db.session.execute(stmt):
         values.setdefault(row.form_instance_id, {})[row.item_key] = row

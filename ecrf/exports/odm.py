@@ -48,7 +48,10 @@ Design decisions (where ODM 1.3.2 leaves a choice):
   of each scope only while it still covers the current data (not broken); the Transactional file
   carries every signing, at its place in time.
 * **Snapshot** (``FileType="Snapshot"``): the current values, no TransactionType, no
-  AuditRecord. Items never entered, or emptied, are left out (the spec's advice).
+  AuditRecord. Items never entered, or emptied, are left out (the spec's advice). A value a data
+  manager redacted is an ItemData with neither Value nor IsNull (as in the Transactional file)
+  and an Annotation whose Comment (SponsorOrSite="Sponsor") names the audit record of the
+  redaction.
 * **Transactional** (``FileType="Transactional"``): the history of the item values, read from
   the audit trail (``item.create``/``item.update`` of the field "value", with the old and new
   values), streamed per subject in ``seq`` order. Each change is one ItemData with its own
@@ -620,7 +623,7 @@ _FORM_COLUMNS = (FormInstance.id, FormInstance.subject_id, FormInstance.visit_ke
                  FormInstance.status, FormInstance.not_done_reason)
 _VALUE_COLUMNS = (ItemValue.form_instance_id, ItemValue.item_key, ItemValue.value_text, ItemValue.value_int,
                   ItemValue.value_dec, ItemValue.value_date, ItemValue.value_dt, ItemValue.null_flavor,
-                  ItemValue.null_comment)
+                  ItemValue.null_comment, ItemValue.redacted_seq)
 _SIGNATURE_COLUMNS = (Signature.id, Signature.subject_id, Signature.visit_key, Signature.visit_repeat,
                       Signature.signer_id, Signature.meaning, Signature.signed_at, Signature.content_hash)
 _AUDIT_COLUMNS = (AuditRecord.seq, AuditRecord.subject, AuditRecord.recorded_at, AuditRecord.user_id,
@@ -772,6 +775,16 @@ class _Layout:
         return text
 
 
+def _redacted_item(oid: str, redaction_seq: int) -> str:
+    """A current value a data manager redacted: no Value, no IsNull, a Comment saying so."""
+    return (f'        <ItemData ItemOID="{oid}">\n'
+            f'          <Annotation SeqNum="1">\n'
+            f'            <Comment SponsorOrSite="Sponsor">Value redacted (audit record '
+            f'{redaction_seq})</Comment>\n'
+            f'          </Annotation>\n'
+            f'        </ItemData>\n')
+
+
 def _snapshot_subject(subject: _Subject, forms: list[_Form], signatures: list, layout: _Layout) -> str:
     forms.sort(key=lambda i: _instance_order(layout.md, i))
     signed = _valid_signatures(subject, forms, signatures) if signatures else {}
@@ -798,7 +811,11 @@ def _snapshot_subject(subject: _Subject, forms: list[_Form], signatures: list, l
         for group_oid, items in layout.plan(instance.crf_key, instance.crf_version):
             data = []
             for item, oid in items:
-                value = stored(rows.get(item.key), item)
+                row = rows.get(item.key)
+                if row is not None and row.redacted_seq:
+                    data.append(_redacted_item(oid, row.redacted_seq))
+                    continue
+                value = stored(row, item)
                 if value is None:
                     continue
                 if isinstance(value, NullFlavor):

@@ -325,7 +325,9 @@ def _item_row(item: Item | None, key: str, row: ItemValue | None, tz: str,
                      derived=item is not None and item.derived, queries=queried.get(key, []))
     if row is None:
         return result
-    if row.null_flavor:
+    if row.redacted_seq:
+        result.value = _("(redacted)")
+    elif row.null_flavor:
         result.null_flavor = (row.null_flavor, str(NULL_FLAVORS.get(row.null_flavor, "")),
                               row.null_comment or "")
     elif item is not None:
