@@ -23,7 +23,7 @@ bench-quick: $(STAMP)
 bench-exports: $(STAMP)
 	$(BIN)/python bench/exports_memory.py --subjects 50 2000
 
-.PHONY: bench bench-quick bench-exports run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations
+.PHONY: bench bench-quick bench-exports run test lint test-sqlite test-postgres test-browser browser-deps test-slow clean translations validate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,31 @@ test: lint test-sqlite test-postgres test-browser
 # Long evidence (fault injection, full fuzzing): its own target, a short version runs in `test`.
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow || [ $$? -eq 5 ]  # 5: no test carries the marker yet
+
+# Validation evidence (docs/compliance.md): the suite on SQLite, then on PostgreSQL when it can be
+# reached (with CI=true it must be), each pass writing its JUnit XML, then the traceability matrix
+# $(VALIDATION)/traceability.html, .pdf and .json from both (a test failing on either engine is
+# failing). The report is written in any case; the target fails when a pass has a failing test or
+# a requirement the software claims is not shown by a passing test.
+VALIDATION ?= build/validation
+VALIDATE_TESTS ?= -m "not browser and not slow"
+validate: $(STAMP)
+	@mkdir -p $(VALIDATION) && rm -f $(VALIDATION)/junit-*.xml $(VALIDATION)/traceability.*
+	@status=0; \
+	sqlite=$$($(BIN)/python -c 'import sqlite3; print("SQLite", sqlite3.sqlite_version)'); \
+	$(BIN)/pytest $(VALIDATE_TESTS) --junitxml=$(VALIDATION)/junit-sqlite.xml || status=1; \
+	set -- --junit $(VALIDATION)/junit-sqlite.xml --database "$$sqlite"; \
+	pg=$$($(BIN)/python -c 'import sys, psycopg; c = psycopg.connect(sys.argv[1], connect_timeout=5); print("PostgreSQL", c.execute("SHOW server_version").fetchone()[0].split()[0])' "$(PG_TEST_URL)" 2>/dev/null); \
+	if [ -n "$$pg" ]; then \
+	  ECRF_TEST_DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest $(VALIDATE_TESTS) --junitxml=$(VALIDATION)/junit-postgresql.xml || status=1; \
+	  set -- "$$@" --junit $(VALIDATION)/junit-postgresql.xml --database "$$pg"; \
+	elif [ "$${CI:-}" = "true" ]; then \
+	  echo "CI: PostgreSQL at $(PG_TEST_URL) cannot be reached; the validation needs it." >&2; status=1; \
+	else \
+	  echo "PostgreSQL at $(PG_TEST_URL) cannot be reached: the report covers SQLite only."; \
+	fi; \
+	$(BIN)/ecrf validate report "$$@" -o $(VALIDATION) || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

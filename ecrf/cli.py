@@ -494,6 +494,10 @@ def register_commands(app) -> None:
     from ecrf.backup import backup_cli
 
     app.cli.add_command(backup_cli)
+    # validation evidence (docs/compliance.md)
+    from ecrf.validation.cli import validate
+
+    app.cli.add_command(validate)
 
 
 def _create_app():

@@ -23,6 +23,7 @@ from config import normalise_database_url
 from ecrf import create_app
 from ecrf.extensions import db as _db
 from ecrf.study.schedule import SCHEDULE
+from ecrf.validation.requirements import REQUIREMENTS
 from tests import factories
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -30,6 +31,49 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TOY_STUDY = {"EXTRA_CRF_MODULES": ["tests.toy_crf"],
              "SCHEDULE": SCHEDULE.extended(forms={"D1": ("toy_vitals",)})}
 PASSWORD = factories.PASSWORD
+
+
+# --- requirement markers: the trace from a requirement to the tests that show it ---------------
+
+
+def requirement_ids(item: pytest.Item) -> list[str]:
+    """The requirement IDs a test carries: its own marks, its class's and its module's."""
+    return sorted({i for mark in item.iter_markers("requirement") for i in mark.args})
+
+
+def requirement_problems(item: pytest.Item) -> list[str]:
+    """What is wrong with a test's requirement marks: a typo would leave a requirement
+    silently without its test."""
+    problems = []
+    for mark in item.iter_markers("requirement"):
+        if not mark.args or mark.kwargs:
+            problems.append("a requirement mark names its IDs as arguments: "
+                            "@pytest.mark.requirement(\"P11-10a\", ...)")
+        problems += [f"unknown requirement ID {i!r}" for i in mark.args
+                     if not isinstance(i, str) or i not in REQUIREMENTS]
+    return problems
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A file whose tests name an unknown requirement fails to collect, like a syntax error."""
+    report = yield
+    if report.passed:
+        problems = sorted({p for node in report.result if isinstance(node, pytest.Item)
+                           for p in requirement_problems(node)})
+        if problems:
+            report.outcome, report.result = "failed", []
+            report.longrepr = ("\n".join(problems)
+                               + "\n(the IDs are those of ecrf/validation/requirements.py)")
+    return report
+
+
+def pytest_collection_modifyitems(items):
+    """Each test's requirement IDs go into its JUnit properties, for ``ecrf validate report``."""
+    for item in items:
+        ids = requirement_ids(item)
+        if ids:
+            item.user_properties.append(("requirements", " ".join(ids)))
 
 
 def _server_url(url: str, database: str) -> str:

@@ -59,11 +59,13 @@ def endpoints_without_rule(app: Flask) -> list[str]:
     return sorted(missing)
 
 
+@pytest.mark.requirement("P11-10d")
 def test_every_endpoint_of_the_url_map_declares_an_access_rule(app):
     assert len(list(app.url_map.iter_rules())) > 10  # the real map, not an empty one
     assert endpoints_without_rule(app) == []
 
 
+@pytest.mark.requirement("P11-10d")
 def test_the_rule_check_reports_a_route_added_without_a_rule():
     throwaway = create_app("test", DATABASE_URL="sqlite://")
     forgotten = Blueprint("forgotten", __name__, url_prefix="/forgotten")
@@ -641,6 +643,7 @@ def test_the_walk_has_a_request_for_every_endpoint_of_the_url_map(app):
     assert set(ROUTES) == set(CALLS)
 
 
+@pytest.mark.requirement("P11-10d", "P11-10g")
 @pytest.mark.parametrize(("actor", "method", "endpoint"), WALK)
 def test_walk(actor, method, endpoint, app, client, login, world):
     call = CALLS.get((method, endpoint))
@@ -681,6 +684,7 @@ def test_walk(actor, method, endpoint, app, client, login, world):
 # --- (c) rules that read like requirements ----------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10g")
 def test_an_admin_gets_403_on_the_subject_list_no_clinical_data(make, login_as, client):
     subject = make.subject(SITE)
     admin = login_as("admin")
@@ -692,6 +696,7 @@ def test_an_admin_gets_403_on_the_subject_list_no_clinical_data(make, login_as, 
     assert "/subjects/" not in client.get("/").get_data(as_text=True)  # no menu entry either
 
 
+@pytest.mark.requirement("P11-10g")
 def test_an_auditor_cannot_enrol(make, login_as, client, db):
     site = make.site(SITE)
     auditor = login_as("auditor")
@@ -703,6 +708,7 @@ def test_an_auditor_cannot_enrol(make, login_as, client, db):
     assert "Enrol a new subject" not in client.get("/subjects/").get_data(as_text=True)
 
 
+@pytest.mark.requirement("P11-10g", "GDPR-4")
 def test_a_monitor_of_site_01_gets_404_on_a_site_02_subject_page(make, login_as, client):
     own, other = make.subject(SITE), make.subject(OTHER_SITE)
     monitor = login_as("monitor", site=SITE)
@@ -727,6 +733,7 @@ def _grant_window(kind: str) -> dict:
     }[kind]
 
 
+@pytest.mark.requirement("P11-10d", "A11-12.1-12.3", "EMA-9", "E6-4.3.8a-c")
 @pytest.mark.parametrize(("kind", "status"), [("current", 200), ("expired", 403),
                                                ("not_yet_valid", 403), ("revoked", 403)])
 def test_only_a_grant_within_its_validity_and_not_revoked_gives_access(kind, status, make, login,
@@ -747,6 +754,7 @@ def test_only_a_grant_within_its_validity_and_not_revoked_gives_access(kind, sta
     assert ("You hold no active role" in home) == (status == 403)
 
 
+@pytest.mark.requirement("EMA-9", "E6-4.3.8a-c")
 def test_a_grant_ending_during_a_session_ends_access_without_a_new_login(make, login, client,
                                                                         later):
     user = make.user("inv-ending", role="investigator", site=SITE,
@@ -757,6 +765,7 @@ def test_a_grant_ending_during_a_session_ends_access_without_a_new_login(make, l
     assert client.get("/subjects/").status_code == 403
 
 
+@pytest.mark.requirement("A11-12.4", "EMA-3", "ALCOA-attributable")
 def test_the_audit_rows_of_an_enrolment_record_the_role_site_and_grant_that_allowed_it(
         make, login_as, client, db):
     make.site(SITE)
@@ -773,6 +782,7 @@ def test_the_audit_rows_of_an_enrolment_record_the_role_site_and_grant_that_allo
     assert second.id != user.grants[0].id  # the grant of the site acted on, not the first one
 
 
+@pytest.mark.requirement("E6-4.3.5")
 def test_a_site_that_is_not_activated_cannot_enrol(make, login, client, db):
     site = make.site("03", activated=False)
     user = make.user("inv-03", role="investigator", site=site)
@@ -786,6 +796,7 @@ def test_a_site_that_is_not_activated_cannot_enrol(make, login, client, db):
     assert audit_rows(action="subject.create") == []
 
 
+@pytest.mark.requirement("P11-10g")
 def test_an_enrolment_at_a_site_not_granted_is_refused_with_404_and_recorded(make, login_as,
                                                                              client, db):
     make.site(SITE)

@@ -16,6 +16,7 @@ def _change(client, current, new, confirm=None):
                                                "confirm": confirm or new})
 
 
+@pytest.mark.requirement("E6-4.3.3")
 def test_passwords_are_stored_as_argon2_hashes_never_in_clear(make, db):
     user = make.user("amy", role="auditor")
     assert user.password_hash.startswith("$argon2id$")
@@ -23,6 +24,7 @@ def test_passwords_are_stored_as_argon2_hashes_never_in_clear(make, db):
     assert verify_password(user.password_hash, PASSWORD)
 
 
+@pytest.mark.requirement("P11-100a", "P11-300a")
 def test_a_username_is_never_reused_even_after_deactivation(make, runner, db):
     make.user("root", role="admin")
     make.user("ben", role="auditor")
@@ -32,6 +34,7 @@ def test_a_username_is_never_reused_even_after_deactivation(make, runner, db):
     assert db.session.scalar(sa.select(sa.func.count()).where(User.username == "ben")) == 1
 
 
+@pytest.mark.requirement("P11-200a2/3")
 def test_a_temporary_password_must_be_changed_at_first_login(make, login, client):
     user = make.user("cat", role="auditor", password=None)
     assert login("cat", user.temp_password).status_code == 302
@@ -43,6 +46,7 @@ def test_a_temporary_password_must_be_changed_at_first_login(make, login, client
     assert len(audit_rows(action="auth.password_changed")) == 1
 
 
+@pytest.mark.requirement("E6-4.3.3")
 @pytest.mark.parametrize("new, problem", [
     ("Short-1", "at least 12 characters"),
     ("xx-dantes-is-here-xx", "must not be or contain the username"),
@@ -76,6 +80,7 @@ def test_the_current_password_is_required_to_change_it(make, login, client):
     assert response.status_code == 400 and "current password is wrong" in response.get_data(as_text=True)
 
 
+@pytest.mark.requirement("P11-200a2/3", "P11-300c")
 def test_an_admin_can_only_force_a_reset_never_read_or_choose_a_password(make, login_as, client, db):
     target = make.user("gil", role="auditor")
     old_hash = target.password_hash
@@ -106,6 +111,7 @@ def test_an_admin_unlocks_a_locked_account_with_a_reason(make, login, login_as, 
     assert unlocked[-1].reason_text == "identity checked by phone"
 
 
+@pytest.mark.requirement("A11-12.1-12.3", "EMA-9", "E6-4.2.2a-i", "E6-4.3.8a-c")
 def test_grants_and_revocations_are_audit_records(make, login_as, client, db):
     target = make.user("ivy")
     site = make.site("01")
@@ -122,6 +128,7 @@ def test_grants_and_revocations_are_audit_records(make, login_as, client, db):
     assert len(revoked) == 1 and revoked[0].reason_text == "left the project"
 
 
+@pytest.mark.requirement("E6-4.3.8a-c")
 def test_a_site_role_needs_a_site_and_a_study_role_takes_none(make, db):
     from ecrf.access.services import GrantError, grant_role
 
@@ -132,6 +139,7 @@ def test_a_site_role_needs_a_site_and_a_study_role_takes_none(make, db):
         grant_role(system_actor(), user, "data_manager", make.site("01"))
 
 
+@pytest.mark.requirement("P11-300c")
 def test_deactivation_ends_the_users_open_sessions(make, login, client, runner, db):
     make.user("root", role="admin")
     make.user("kay", role="auditor")

@@ -91,6 +91,7 @@ def test_a_new_token_is_shown_once_and_only_its_sha256_is_stored(login_as, clien
     assert get(client, "/api/v1/subjects", token).status_code == 200
 
 
+@pytest.mark.requirement("P11-300c")
 def test_creating_and_revoking_a_token_are_audit_records_of_its_owner(login_as, client, db):
     user = login_as("monitor", site="01")
     client.post("/account/api-tokens/", data={"name": "sync", "days": "7"})
@@ -109,6 +110,7 @@ def test_creating_and_revoking_a_token_are_audit_records_of_its_owner(login_as, 
     assert revoked[0].value.new_value is not None
 
 
+@pytest.mark.requirement("P11-10h", "P11-300c")
 def test_a_revoked_token_is_refused_and_its_use_recorded_against_its_owner(make, client, db):
     user, token = api_user(make, "monitor", "01")
     assert get(client, "/api/v1/subjects", token).status_code == 200
@@ -163,6 +165,7 @@ def test_the_validity_is_chosen_up_to_the_configured_maximum(app, make, login_as
             tokens.create_token(user, "bad", days=days)
 
 
+@pytest.mark.requirement("P11-10d")
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer not-a-token", "Basic dXNlcjpwYXNz",
                                     "Bearer " + "x" * 500])
 def test_a_request_without_a_valid_token_gets_401_and_no_data(header, make, client, two_sites):
@@ -218,6 +221,7 @@ def test_the_last_use_is_kept_without_an_audit_record(app, make, client, db, mon
 # --- scoping: the owner's grants, like the pages ---------------------------------------------------
 
 
+@pytest.mark.requirement("ALCOA-available", "GDPR-4")
 @pytest.mark.parametrize(("role", "site", "sees"), [
     ("investigator", "01", [0, 1]), ("investigator", "02", [2]), ("monitor", "01", [0, 1]),
     ("data_manager", None, [0, 1, 2]), ("auditor", None, [0, 1, 2])])
@@ -264,6 +268,7 @@ def test_an_admin_gets_403_on_clinical_data_and_the_audit_trail(make, client, tw
         "api.list_subjects", "api.get_subject", "api.list_forms", "api.list_audit")]
 
 
+@pytest.mark.requirement("P11-10h")
 def test_a_grant_revoked_after_the_token_was_made_ends_access(make, client, two_sites):
     from ecrf.access.services import revoke_grant
 
@@ -365,6 +370,7 @@ def test_the_subject_list_is_filtered_by_the_time_of_the_last_change(make, clien
 # --- the audit trail -------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("ALCOA-available")
 def test_the_auditor_reads_the_audit_trail_with_old_and_new_values(make, client, two_sites):
     subject = two_sites[0]
     save_toy(subject)

@@ -119,11 +119,13 @@ def test_the_format_constants():
     )
 
 
+@pytest.mark.requirement("EMA-3")
 def test_every_column_of_the_trail_is_hashed_except_the_hash_itself():
     columns = {c.name for c in AuditRecord.__table__.columns}
     assert (columns - {"row_hash", "format_version"}) | {"v"} == set(chain.HASHED_FIELDS)
 
 
+@pytest.mark.requirement("E6-4.2.2d", "ALCOA-consistent")
 @pytest.mark.parametrize(("row", "expected", "_hash"), SAMPLES, ids=["row1", "row2", "row3"])
 def test_canonical_serialisation_of_the_sample_rows(row, expected, _hash):
     canonical = chain.canonical(row)
@@ -136,6 +138,7 @@ def test_row_hash_of_the_sample_rows(row, _canonical, expected):
     assert chain.row_hash(row) == expected
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_the_sample_rows_form_a_chain_that_verifies():
     rows = [{**row, "row_hash": expected} for row, _, expected in SAMPLES]
     result = chain.verify_rows(rows)
@@ -259,6 +262,7 @@ def test_the_independent_verifier_agrees_with_the_pinned_samples():
         independent_verify(broken)
 
 
+@pytest.mark.requirement("P11-10a")
 def test_an_independent_verifier_rechecks_a_trail_exported_from_the_database(history, db,
                                                                               engine_name):
     export = _export(db, engine_name)
@@ -279,6 +283,7 @@ def test_an_independent_verifier_rechecks_a_trail_exported_from_the_database(his
             independent_verify(tampered)
 
 
+@pytest.mark.requirement("ALCOA-enduring")
 def test_the_verifier_printed_in_the_docs_runs_on_its_own(history, db, engine_name, tmp_path):
     script = tmp_path / "verify.py"
     script.write_text(_docs_block("python"), encoding="utf-8")

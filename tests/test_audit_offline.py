@@ -41,6 +41,7 @@ def _export(tmp_path, filters: Filters | None = None, name="trail.jsonl") -> Pat
     return path
 
 
+@pytest.mark.requirement("P11-10b", "P11-10e-3", "A11-17")
 def test_a_whole_export_verifies_from_the_file_alone_and_states_its_head(trail, tmp_path):
     path = _export(tmp_path)
     found = verify_file(str(path))
@@ -52,6 +53,7 @@ def test_a_whole_export_verifies_from_the_file_alone_and_states_its_head(trail, 
     assert header["head"] == {"seq": head[0], "hash": head[1]} and header["filters"]["site"] is None
 
 
+@pytest.mark.requirement("P11-10e-3")
 def test_a_site_export_keeps_other_sites_rows_as_linked_stubs(trail, tmp_path):
     path = _export(tmp_path, Filters(site="01"))
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
@@ -65,6 +67,7 @@ def test_a_site_export_keeps_other_sites_rows_as_linked_stubs(trail, tmp_path):
     assert found.result.stubs == len(stubs) and found.result.rows_checked == len(rows)
 
 
+@pytest.mark.requirement("P11-10e-3")
 def test_a_time_window_export_keeps_rows_outside_it_as_stubs(trail, tmp_path):
     future = Filters(since=utcnow() + timedelta(days=1))
     path = _export(tmp_path, future)
@@ -78,6 +81,7 @@ def _flip(data: bytes, position: int) -> bytes:
     return bytes(changed)
 
 
+@pytest.mark.requirement("P11-10a")
 def test_any_changed_byte_is_detected_and_its_line_named(trail, tmp_path):
     path = _export(tmp_path, Filters(site="01"))
     data = path.read_bytes()
@@ -103,6 +107,7 @@ def test_negative_control_the_untouched_copy_verifies(trail, tmp_path):
     assert verify_file(str(copy)).ok
 
 
+@pytest.mark.requirement("P11-10a")
 def test_removing_a_line_or_cutting_the_end_is_named(trail, tmp_path):
     path = _export(tmp_path)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -130,6 +135,7 @@ def test_rows_appended_after_the_head_are_not_in_the_export(trail, make, tmp_pat
     assert found.ok and found.result.head_seq == found.head[0] < chain.stored_head(db.session)[0]
 
 
+@pytest.mark.requirement("P11-10a")
 def test_the_cli_exports_and_verifies_and_names_a_changed_byte(trail, runner, make, tmp_path):
     make.user("ada", role="auditor")
     out = tmp_path / "cli.jsonl"
@@ -143,6 +149,7 @@ def test_the_cli_exports_and_verifies_and_names_a_changed_byte(trail, runner, ma
     assert failed.exit_code == 1 and re.search(r"FAILED at line \d+", failed.output)
 
 
+@pytest.mark.requirement("P11-10e-3")
 def test_the_cli_export_is_an_audit_record_and_needs_audit_view(trail, runner, make, tmp_path):
     from tests.factories import audit_rows
 
@@ -161,6 +168,7 @@ def _readme_verifier() -> str:
     return re.search(r"## Checking an audit export offline.*?```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.requirement("ALCOA-enduring")
 def test_the_readme_verifier_accepts_an_export_and_rejects_a_changed_one(trail, tmp_path):
     script = tmp_path / "verify.py"
     script.write_text(_readme_verifier(), encoding="utf-8")

@@ -24,6 +24,8 @@ from ecrf.study import settings
 from ecrf.study.services import activate_site, create_site
 from tests.factories import PASSWORD, audit_rows
 
+pytestmark = pytest.mark.requirement("EMA-6", "E6-4.2.3")
+
 TOY = "toy_vitals"
 CHANGE = Reason("entry_error", "corrected from the source")
 
@@ -68,6 +70,7 @@ def included_days_ago(make, later, days: int, site: str):
         later(days=days)
 
 
+@pytest.mark.requirement("ALCOA-contemporaneous")
 def test_a_value_entered_more_than_seven_days_after_its_visit_date_is_a_late_entry(make, later, db):
     later(days=-30)
     new_site("01", "UTC")  # one calendar for the site and the database clock: exact day counts
@@ -87,6 +90,7 @@ def test_a_value_entered_more_than_seven_days_after_its_visit_date_is_a_late_ent
     assert "late_entry" not in flags_of(item_row(late, "weight", "item.update").seq)
 
 
+@pytest.mark.requirement("ALCOA-contemporaneous")
 def test_the_late_entry_limit_is_a_study_setting(make, later, db, monkeypatch):
     later(days=-30)
     new_site("01", "UTC")
@@ -266,6 +270,7 @@ def test_the_worklist_shows_the_flagged_records_and_counts_per_flag(flagged_chan
         assert f'<label for="c-{seq}-many_changes">Comment on record #{seq}</label>' in page
 
 
+@pytest.mark.requirement("A11-9")
 def test_reviewing_records_who_when_and_the_comment_and_moves_the_record_to_reviewed(
         flagged_changes, login_as, client, db):
     _subject, changes = flagged_changes

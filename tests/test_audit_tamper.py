@@ -19,6 +19,8 @@ from ecrf.audit.models import AuditRecord, AuditValue, ChainHead
 from ecrf.extensions import db
 from tests.factories import Factories
 
+pytestmark = pytest.mark.requirement("P11-10a")
+
 TRAIL, VALUES, HEAD = AuditRecord.__table__, AuditValue.__table__, ChainHead.__table__
 
 #: what an owner runs first; the application role holds no privilege to do it
@@ -142,6 +144,7 @@ def test_a_changed_actor_is_caught(fresh_app, history):
     assert_fails_at(verify(fresh_app), target["seq"], "row content does not match its row_hash")
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_a_row_deleted_in_the_middle_is_caught(fresh_app, history):
     gone = history[len(history) // 2]["seq"]
     with as_owner() as conn:
@@ -171,6 +174,7 @@ def test_a_row_inserted_in_the_middle_with_a_correct_hash_is_caught(fresh_app, h
     assert_fails_at(verify(fresh_app), k + 2, "prev_hash does not match the previous row's hash")
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_two_rows_swapped_keeping_their_seq_are_caught(fresh_app, history):
     a, b = history[len(history) // 2], history[len(history) // 2 + 1]
     values = _values()

@@ -3,8 +3,9 @@
 The triggers refuse UPDATE/DELETE (and TRUNCATE on PostgreSQL) on ``audit_trail``, DELETE on
 ``audit_value`` and any UPDATE there other than masking a value for a recorded redaction. A
 negative control drops a trigger and shows the very same statement then succeeds. On PostgreSQL
-the application role of docs/audit-trail.md holds no UPDATE, DELETE or TRUNCATE at all, so even
-with the triggers gone it cannot rewrite the trail.
+the application role of docs/audit-trail.md (the package file ``ecrf/audit/grants.sql``, which
+the docs show unchanged) holds no UPDATE, DELETE or TRUNCATE at all, so even with the triggers
+gone it cannot rewrite the trail.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ecrf.audit import chain
 from ecrf.audit.ddl import GUARD_TRIGGERS, REFUSAL, existing_guards
 from ecrf.audit.models import AuditRecord, AuditValue
 from ecrf.extensions import db
+from ecrf.validation.install import GRANTS_SQL, grant_statements
 from tests.factories import Factories
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit-trail.md"
@@ -84,12 +86,14 @@ def test_the_guard_triggers_exist_after_upgrade_to_head(db, engine_name):
 # --- audit_trail ---------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_update_on_the_audit_trail_is_refused(fresh_app, history):
     seq = history[1]["seq"]
     assert "UPDATE" in _refused(TAMPER, seq=seq)
     assert _rows()[1]["reason_text"] == history[1]["reason_text"] != "rewritten"
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_delete_on_the_audit_trail_is_refused(fresh_app, history):
     last = history[-1]["seq"]
     _refused("DELETE FROM audit_value WHERE seq = :seq", seq=last)
@@ -97,6 +101,7 @@ def test_delete_on_the_audit_trail_is_refused(fresh_app, history):
     assert [r["seq"] for r in _rows()] == [r["seq"] for r in history]
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_truncate_on_the_audit_tables_is_refused_on_postgresql(fresh_app, history, engine_name):
     if engine_name != "postgresql":
         pytest.skip("SQLite has no TRUNCATE (DELETE without WHERE is refused by the row trigger)")
@@ -122,6 +127,7 @@ def test_delete_on_audit_value_is_refused(fresh_app, history):
     assert _value_row(_rows())["new_value"] == _value_row(history)["new_value"]
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_an_update_that_changes_a_kept_value_is_refused(fresh_app, history):
     row = _value_row(history)
     message = _refused("UPDATE audit_value SET new_value = 'Another name' WHERE seq = :seq",
@@ -148,6 +154,7 @@ def test_a_masking_update_with_its_redaction_seq_is_accepted(fresh_app, history)
 # --- negative control ----------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_negative_control_without_the_trigger_the_same_update_succeeds(fresh_app, history,
                                                                       engine_name):
     seq = history[1]["seq"]
@@ -164,13 +171,29 @@ def test_negative_control_without_the_trigger_the_same_update_succeeds(fresh_app
 
 
 def _docs_sql() -> list[str]:
-    """The statements of the ```sql block of the section on roles of docs/audit-trail.md."""
-    section = DOCS.read_text(encoding="utf-8").split("\n## Least-privilege PostgreSQL roles\n")[1]
-    section = section.split("\n## ")[0]
+    """The statements of the GRANT block: the package file the docs show and the installation
+    check compares the application role with."""
+    return grant_statements()
+
+
+def _docs_block(text: str) -> str:
+    """The one ```sql block of the section on roles of docs/audit-trail.md."""
+    section = text.split("\n## Least-privilege PostgreSQL roles\n")[1].split("\n## ")[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.DOTALL)
     assert len(blocks) == 1, "the section on roles must hold one ```sql block"
-    text = "\n".join(re.sub(r"--[^\n]*", "", b) for b in blocks)
-    return [" ".join(s.split()) for s in text.split(";") if s.strip()]
+    return blocks[0]
+
+
+def test_the_docs_show_the_grants_file_of_the_package_unchanged():
+    assert _docs_block(DOCS.read_text(encoding="utf-8")) == GRANTS_SQL.read_text(encoding="utf-8")
+
+
+def test_negative_control_a_grant_edited_in_the_docs_alone_is_noticed():
+    docs = DOCS.read_text(encoding="utf-8")
+    edited = docs.replace("GRANT SELECT, INSERT ON audit_trail TO ecrf_app;",
+                          "GRANT SELECT, INSERT, UPDATE ON audit_trail TO ecrf_app;")
+    assert edited != docs
+    assert _docs_block(edited) != GRANTS_SQL.read_text(encoding="utf-8")
 
 
 def test_the_docs_sql_grants_no_delete_or_truncate_and_only_select_insert_on_the_trail():
@@ -227,6 +250,7 @@ def _as_role(role: str, statement, **params) -> list:
         return result.all() if result.returns_rows else []
 
 
+@pytest.mark.requirement("P11-10e-2")
 def test_the_application_role_of_the_docs_cannot_rewrite_the_trail_even_without_triggers(
         fresh_app, history, least_privilege):
     app_role = least_privilege["app"]

@@ -279,6 +279,7 @@ TAMPERING = [None, _change_a_row, _delete_a_row, _delete_a_value, _change_a_valu
              _redact, _redact_then_mask_another, _cut_the_end, _rewrite_and_rehash]
 
 
+@pytest.mark.requirement("P11-10a")
 @pytest.mark.parametrize("tamper", TAMPERING, ids=lambda t: t.__name__.strip("_") if t else "none")
 def test_verify_db_finds_what_verify_rows_finds(fresh_app, engine_name, tamper):
     _build_history()

@@ -97,6 +97,7 @@ def _reference(world) -> dict[str, tuple[dict, callable]]:
     }
 
 
+@pytest.mark.requirement("E6-4.2.2c")
 @pytest.mark.parametrize("name", ["site", "subject", "visit", "form", "item", "user", "action",
                                   "user and action"])
 def test_each_filter_narrows_the_view_to_exactly_its_rows(name, world):
@@ -122,6 +123,7 @@ def test_the_page_reads_its_filters_from_the_query_string(world, login_as, clien
     assert first in whole and world["second"].code not in whole
 
 
+@pytest.mark.requirement("E6-4.2.2d")
 def test_the_date_range_is_in_utc_days_both_included(world):
     today = datetime.now(UTC).date()
     total = len(_all())
@@ -173,6 +175,7 @@ def test_the_pager_keeps_the_filters(world, login_as, client, app, monkeypatch):
 # --- in words ----------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("A11-9", "E6-4.2.2c", "E6-4.2.2d", "ALCOA-legible")
 def test_a_change_reads_in_words_with_old_and_new_value_utc_and_site_time(world, login_as, client):
     login_as("auditor")
     change = next(r for r in audit_rows(action="item.update", item="weight",
@@ -190,6 +193,7 @@ def test_a_change_reads_in_words_with_old_and_new_value_utc_and_site_time(world,
     assert cells[7:10] == ["70", "72.5", "Data entry error: transcription"]
 
 
+@pytest.mark.requirement("E6-4.2.2c", "ALCOA-legible")
 def test_every_action_the_services_record_has_words():
     """The actions the code records (read from the sources) all have a label."""
     from pathlib import Path
@@ -234,6 +238,7 @@ def _csv_rows(body: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(body[1:])))
 
 
+@pytest.mark.requirement("P11-10e-3")
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_a_download_holds_exactly_the_rows_of_the_filtered_view(fmt, world, login_as, client):
     login_as("auditor")
@@ -344,6 +349,7 @@ def test_only_auditors_and_data_managers_read_or_download_the_trail(role, url, w
     assert [r.username for r in audit_rows(action="access.denied")] == [user.username]
 
 
+@pytest.mark.requirement("P11-10e-3", "ALCOA-available")
 @pytest.mark.parametrize("role", ["auditor", "data_manager"])
 def test_auditors_and_data_managers_read_and_download_the_whole_study(role, world, login_as, client):
     login_as(role)
@@ -363,6 +369,7 @@ def test_the_trail_page_offers_the_download_of_the_view_shown(world, login_as, c
         AuditRecord.action == "audit.exported")) == 0  # showing the links downloads nothing
 
 
+@pytest.mark.requirement("ALCOA-traceable")
 def test_an_items_history_links_auditors_to_its_full_audit_trail(world, make, login_as, client):
     first = world["first"]
     history = f"/subjects/{first.code}/visits/D1/1/forms/{TOY}/1/items/weight/history"
@@ -384,6 +391,7 @@ def test_an_items_history_links_auditors_to_its_full_audit_trail(world, make, lo
     assert {r.entity_type for r in _all() if r.seq in shown} == {"item", "sdv"}
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_the_unfiltered_total_is_the_head_seq_and_equals_a_count(world):
     """The whole trail's total is read from the last seq, not counted (the chain proves seq has
     no gaps); it must equal a count of the rows."""

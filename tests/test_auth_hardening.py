@@ -65,6 +65,7 @@ def _post_login(client, username, password):
 # --- rate limits -----------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-300d", "E6-4.3.3")
 def test_refused_logins_for_one_account_are_slowed_down_even_with_the_right_password(limited):
     app = limited(AUTH_RATE_LIMIT_PER_ACCOUNT="3 per 5 minutes",
                   AUTH_RATE_LIMIT_PER_ADDRESS="100 per 5 minutes")
@@ -79,6 +80,7 @@ def test_refused_logins_for_one_account_are_slowed_down_even_with_the_right_pass
     assert _post_login(client, "other", PASSWORD).status_code == 302
 
 
+@pytest.mark.requirement("P11-300d")
 def test_without_the_limits_the_same_attempts_are_not_slowed_down(limited):
     """Negative control of the test above."""
     app = limited(RATELIMIT_ENABLED=False, AUTH_RATE_LIMIT_PER_ACCOUNT="3 per 5 minutes")
@@ -89,6 +91,7 @@ def test_without_the_limits_the_same_attempts_are_not_slowed_down(limited):
     assert _post_login(client, "rita", PASSWORD).status_code == 302
 
 
+@pytest.mark.requirement("P11-300d")
 def test_attempts_from_one_address_on_many_accounts_are_slowed_down(limited):
     """Password spraying: one try per account stays under every lockout, not under this."""
     app = limited(AUTH_RATE_LIMIT_PER_ADDRESS="4 per 5 minutes",
@@ -165,6 +168,7 @@ def test_app_servers_counting_in_their_own_memory_do_not_share(limited):
     assert _post_login(second.test_client(), "tess", PASSWORD).status_code == 302
 
 
+@pytest.mark.requirement("E6-4.3.3")
 def test_production_refuses_to_count_attempts_in_one_servers_memory(monkeypatch, tmp_path):
     monkeypatch.setenv("SECRET_KEY", "a-production-secret-of-some-length")
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'prod.sqlite'}")
@@ -228,6 +232,7 @@ def _enrol(client, db, username) -> str:
     return secret
 
 
+@pytest.mark.requirement("P11-300e")
 def test_a_user_adds_a_second_factor_and_each_login_then_asks_for_a_code(make, login, client, db):
     make.user("paul", role="auditor")
     assert login("paul").status_code == 302
@@ -247,6 +252,7 @@ def test_a_user_adds_a_second_factor_and_each_login_then_asks_for_a_code(make, l
     assert "Welcome, Paul" in client.get("/").get_data(as_text=True)
 
 
+@pytest.mark.requirement("P11-300e")
 def test_a_code_is_accepted_only_once(make, login, client, db):
     make.user("quinn", role="auditor")
     login("quinn")
@@ -257,6 +263,7 @@ def test_a_code_is_accepted_only_once(make, login, client, db):
     assert replay.status_code == 401
 
 
+@pytest.mark.requirement("P11-300d")
 def test_wrong_codes_count_toward_the_lockout(make, login, client, db, app):
     user = make.user("rosa", role="auditor")
     login("rosa")
@@ -272,6 +279,7 @@ def test_wrong_codes_count_toward_the_lockout(make, login, client, db, app):
     assert client.get("/").status_code == 302  # sent back to the login page: still locked
 
 
+@pytest.mark.requirement("P11-300e")
 def test_a_role_that_requires_a_second_factor_enrols_at_login(make, login, client, db, app,
                                                                monkeypatch):
     monkeypatch.setitem(app.config, "TOTP_REQUIRED_ROLES", ("data_manager",))
@@ -286,6 +294,7 @@ def test_a_role_that_requires_a_second_factor_enrols_at_login(make, login, clien
     assert "Welcome, Sofia" in client.get("/").get_data(as_text=True)
 
 
+@pytest.mark.requirement("P11-300e")
 def test_a_role_not_listed_logs_in_with_the_password_alone(make, login, client, app, monkeypatch):
     """Negative control of the test above."""
     monkeypatch.setitem(app.config, "TOTP_REQUIRED_ROLES", ("data_manager",))
@@ -314,6 +323,7 @@ def test_the_secret_never_enters_the_audit_trail(make, login, client, db):
     assert not any(secret in (r.value.new_value or "") for r in audit_rows() if r.value)
 
 
+@pytest.mark.requirement("P11-300c")
 def test_an_administrator_removes_a_lost_second_factor_with_a_reason(make, login, login_as, client,
                                                                       db):
     user = make.user("will", role="auditor")
@@ -335,6 +345,7 @@ def test_an_administrator_removes_a_lost_second_factor_with_a_reason(make, login
 # --- account end dates -------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-300c", "A11-12.1-12.3")
 def test_an_administrator_sets_an_end_date_with_a_reason(make, login_as, client, db):
     user = make.user("xena", role="auditor")
     login_as("admin")
@@ -361,6 +372,7 @@ def _api(client, token):
     return client.get("/api/v1/subjects", headers={"Authorization": f"Bearer {token}"}).status_code
 
 
+@pytest.mark.requirement("P11-10d", "P11-300c", "EMA-9")
 def test_after_its_end_date_an_account_cannot_log_in_its_session_ends_and_its_token_stops(
         make, login, client, later):
     user, token = _expiring(make, minutes=10)
@@ -372,6 +384,7 @@ def test_after_its_end_date_an_account_cannot_log_in_its_session_ends_and_its_to
     assert _api(client, token) == 401
 
 
+@pytest.mark.requirement("P11-10d")
 def test_before_its_end_date_the_same_account_works(make, login, client, later):
     """Negative control of the test above: the clock moves as far, the end date is later."""
     user, token = _expiring(make, minutes=20)
@@ -394,6 +407,7 @@ def _backdate(user, **fields):
             setattr(user, name, utcnow() - timedelta(days=days))
 
 
+@pytest.mark.requirement("P11-300b", "EMA-9", "E6-4.3.8a-c")
 def test_the_access_review_shows_grants_last_logins_and_dormant_accounts(make, login, login_as,
                                                                          client):
     _backdate(make.user("zoe", role="monitor", site="01"), created_at=120)
@@ -415,6 +429,7 @@ def test_the_access_review_shows_grants_last_logins_and_dormant_accounts(make, l
     assert any(line.startswith("zoe,") and "dormant" in line for line in csv_text.splitlines())
 
 
+@pytest.mark.requirement("P11-300d", "E6-3.16.1(t,v,w)")
 def test_administrators_see_lockouts_on_their_home_page_and_in_the_log(make, login, login_as,
                                                                        client, app, caplog):
     make.user("carl", role="auditor")
@@ -429,6 +444,7 @@ def test_administrators_see_lockouts_on_their_home_page_and_in_the_log(make, log
     assert "account(s) locked now" in section
 
 
+@pytest.mark.requirement("P11-300d")
 def test_without_a_lockout_the_administrators_home_reports_none(make, login, login_as, client, app):
     """Negative control of the test above: failures under the threshold lock nothing."""
     make.user("carl", role="auditor")

@@ -28,6 +28,8 @@ from ecrf.extensions import db
 from tests.conftest import TOY_STUDY
 from tests.factories import Factories
 
+pytestmark = pytest.mark.requirement("A11-7")
+
 
 def _counts(engine: sa.Engine) -> dict[str, int]:
     """Rows of every table of the application, counted directly (not by the code under test)."""
@@ -77,6 +79,7 @@ def _cli(app, *args: str):
     return app.test_cli_runner().invoke(args=list(args))
 
 
+@pytest.mark.requirement("P11-10c", "E6-3.16.1(t,v,w)", "E6-4.3.3")
 def test_a_backup_restored_into_a_new_database_verifies_with_the_same_head_and_counts(
         study, new_database, tmp_path):
     counts = _counts(db.engine)
@@ -132,6 +135,7 @@ def _alter_one_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.requirement("P11-10c")
 def test_a_backup_altered_after_it_was_written_is_caught_and_not_restored(
         study, new_database, tmp_path):
     path, manifest = _back_up(study, tmp_path)
@@ -163,6 +167,7 @@ def test_control_without_the_digest_comparison_the_altered_backup_passes(
     assert checked.exit_code == 0  # the same alteration goes unseen: the digest is what caught it
 
 
+@pytest.mark.requirement("P11-10c", "E6-4.2.5")
 def test_a_restored_database_that_lost_a_value_is_caught_though_its_chain_verifies(
         study, new_database, tmp_path):
     path, _ = _back_up(study, tmp_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from ecrf.audit.reasons import Reason
 from ecrf.auth.services import system_actor
 from ecrf.casebook.services import Slot, Submitted, save_form
@@ -38,6 +40,7 @@ def test_the_casebook_grid_shows_each_visit_and_the_form_statuses(make, login_as
     assert "status-incomplete" in page
 
 
+@pytest.mark.requirement("ALCOA-legible")
 def test_the_form_page_is_rendered_from_the_definition_with_labels(make, login_as, client):
     subject = make.subject("01")
     login_as("investigator", site="01")
@@ -46,6 +49,16 @@ def test_the_form_page_is_rendered_from_the_definition_with_labels(make, login_a
         assert label in page
     assert 'for="weight"' in page and 'id="weight"' in page
     assert 'readonly' in page  # the derived BMI
+
+
+@pytest.mark.requirement("GDPR-3")
+def test_free_text_items_warn_against_identifying_the_patient(make, login_as, client):
+    subject = make.subject("01")
+    login_as("investigator", site="01")
+    page = client.get(FORM.format(code=subject.code)).get_data(as_text=True)
+    warnings = re.findall(r'<p class="note privacy" id="([a-z_]+)-privacy">', page)
+    assert warnings == ["comment"]  # the toy CRF's one free-text item, not its numbers or choices
+    assert "write no name, initials, date of birth" in page
 
 
 def test_bad_input_keeps_every_typed_value_with_the_error_next_to_the_item(make, login_as, client,
@@ -61,6 +74,7 @@ def test_bad_input_keeps_every_typed_value_with_the_error_next_to_the_item(make,
     assert not audit_rows(action="item.create")
 
 
+@pytest.mark.requirement("P11-10e-2", "A11-9", "EMA-1", "EMA-7", "E6-4.2.4", "ALCOA-original")
 def test_a_web_save_then_a_change_with_its_reason_then_the_item_history(make, login_as, client):
     subject = make.subject("01")
     user = login_as("investigator", site="01")
@@ -157,6 +171,7 @@ def test_each_unscheduled_visit_gets_its_own_number(make, login_as, client):
     assert page.status_code == 200
 
 
+@pytest.mark.requirement("EMA-7")
 def test_an_item_history_lists_the_value_changes_not_the_queries_on_it(make, login_as, client):
     subject = make.subject("01")
     saved = save_form(system_actor(), subject, "toy_vitals", Slot("D1"),

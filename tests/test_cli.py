@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import sqlalchemy as sa
 
 from ecrf.audit.models import AuditRecord
@@ -25,6 +26,7 @@ def test_the_first_admin_can_be_created_on_an_empty_database(runner, db):
     assert user.must_change_password and user.grants[0].role == "admin"
 
 
+@pytest.mark.requirement("A11-12.1-12.3", "E6-4.2.2a-i", "ALCOA-attributable")
 def test_once_an_admin_exists_every_cli_write_needs_a_named_user(runner, make, db):
     make.user("root", role="admin")
     refused = runner.invoke(args=["users", "create", "bob", "--full-name", "Bob"])
@@ -40,6 +42,7 @@ def test_once_an_admin_exists_every_cli_write_needs_a_named_user(runner, make, d
     assert rows and all(r.role == "admin" and r.grant_id is not None for r in rows)
 
 
+@pytest.mark.requirement("P11-10g")
 def test_a_user_without_the_permission_cannot_act_through_the_cli(runner, make, db):
     make.user("inv", role="investigator", site="01")
     result = runner.invoke(args=["users", "create", "x", "--full-name", "X", "--as", "inv"])
@@ -47,6 +50,7 @@ def test_a_user_without_the_permission_cannot_act_through_the_cli(runner, make, 
     assert db.session.scalar(sa.select(User).where(User.username == "x")) is None
 
 
+@pytest.mark.requirement("A11-12.1-12.3")
 def test_grant_unlock_revoke_and_reset_from_the_cli(runner, make, app, login, db):
     make.user("root", role="admin")
     make.site("02")
@@ -74,6 +78,7 @@ def test_other_is_refused_as_a_reason_without_an_explanation(runner, make, db):
     assert result.exit_code != 0 and "needs an explanation" in result.output
 
 
+@pytest.mark.requirement("E6-4.3.5")
 def test_sites_are_created_and_activated_from_the_cli(runner, make, db):
     make.user("root", role="admin")
     assert runner.invoke(args=["sites", "create", "07", "CHU Lille", "--as", "root"]).exit_code == 0

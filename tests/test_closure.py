@@ -49,6 +49,7 @@ def _raise_query(subject, instance) -> Query:
 # --- what freeze and lock close ----------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10f", "E6-3.16.1(p,q)")
 def test_a_frozen_subject_takes_no_data_change_and_says_why(make, db):
     subject = make.included("01")
     assert _save(subject).outcome == "saved"
@@ -60,6 +61,7 @@ def test_a_frozen_subject_takes_no_data_change_and_says_why(make, db):
     assert [v.value_dec for v in refused.instance.values if v.item_key == "weight"][0] == 70
 
 
+@pytest.mark.requirement("EMA-12", "E6-3.16.1(r)")
 def test_the_rule_holds_where_the_service_is_not_asked(make, db):
     """A write that skips the service's own check (a loader, a future code path) still flushes
     through the rule."""
@@ -74,6 +76,7 @@ def test_the_rule_holds_where_the_service_is_not_asked(make, db):
     assert db.session.get(ItemValue, weight.id).value_dec == 70
 
 
+@pytest.mark.requirement("EMA-12", "E6-3.16.1(r)")
 def test_negative_control_without_the_rule_the_same_write_goes_through(make, db, monkeypatch):
     subject = make.included("01")
     instance = _save(subject).instance
@@ -86,6 +89,7 @@ def test_negative_control_without_the_rule_the_same_write_goes_through(make, db,
     assert db.session.get(ItemValue, weight.id).value_dec == 99
 
 
+@pytest.mark.requirement("E6-3.16.1(p,q)")
 def test_a_frozen_site_closes_its_subjects_forms_not_started_yet_and_derived_values(make, db):
     subject, other = make.included("01"), make.included("02")
     instance = _save(subject, weight="70", height="170", fever="N").instance
@@ -114,6 +118,7 @@ def test_a_frozen_site_closes_its_subjects_forms_not_started_yet_and_derived_val
     assert _save(other).outcome == "saved"
 
 
+@pytest.mark.requirement("E6-3.16.1(p,q)")
 def test_a_frozen_study_closes_every_site(make, db):
     subjects = [make.included("01"), make.included("02")]
     closure.change(_dm(make), Scope.study(), "freeze")
@@ -123,6 +128,7 @@ def test_a_frozen_study_closes_every_site(make, db):
         assert result.errors["_form"][0].startswith("The study is frozen")
 
 
+@pytest.mark.requirement("P11-10f", "EMA-12", "E6-3.16.1(p,q)", "E6-3.16.1(r)")
 def test_review_goes_on_while_frozen_and_stops_when_locked(make, db):
     subject = make.included("01")
     instance = _save(subject).instance
@@ -154,6 +160,7 @@ def test_unlock_works_whatever_the_other_flags_and_levels_say(make, db):
 # --- the actions themselves --------------------------------------------------------------------
 
 
+@pytest.mark.requirement("A11-12.4", "EMA-12", "E6-4.2.2a-iii")
 def test_unfreeze_and_unlock_need_a_reason_and_every_action_is_audited(make, db):
     subject = make.included("01")
     dm, scope = _dm(make), Scope.of_subject(subject)
@@ -214,6 +221,7 @@ def test_a_data_manager_freezes_a_site_on_the_web_and_the_investigator_is_told(m
                                                      FormInstance.crf_key == TOY)) is None
 
 
+@pytest.mark.requirement("E6-3.16.1(r)")
 def test_marking_a_form_not_done_on_a_locked_subject_is_refused_with_a_page(make, login_as, client,
                                                                             db):
     subject = make.included("01")
@@ -237,6 +245,7 @@ def test_unfreezing_on_the_web_needs_a_reason(make, login_as, client, db):
     assert closure.state_of(Scope.of_site(subject.site)).frozen
 
 
+@pytest.mark.requirement("EMA-12")
 def test_a_site_investigator_cannot_close_the_study(make, login_as, client, db):
     login_as("monitor", site="01")
     assert client.post("/closure/freeze", data={"level": "study"}).status_code == 403
@@ -263,6 +272,7 @@ def test_the_cli_freezes_and_crf_entry_is_then_refused(runner, make, db):
     assert runner.invoke(args=["closure", "lock", "--as", "inv"]).exit_code != 0  # no permission
 
 
+@pytest.mark.requirement("GDPR-6")
 def test_a_data_manager_freezes_one_subject_from_the_subject_page(make, login_as, client, db):
     subject, neighbour = make.included("01"), make.included("01")
     login_as("data_manager")

@@ -122,6 +122,7 @@ def _record_units(app) -> tuple[list, list[BaseException]]:
     return results, [f for failures in results for f in failures]
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_concurrent_units_of_work_keep_one_gap_free_valid_chain(fresh_app, postgres):
     Factories().site("01")
     before = len(_trail())
@@ -169,6 +170,7 @@ def _lock_head_without_for_update(conn: sa.Connection):
     return seq, last_hash, now
 
 
+@pytest.mark.requirement("ALCOA-consistent")
 def test_negative_control_without_the_row_lock_the_same_run_fails(fresh_app, postgres,
                                                                  monkeypatch):
     Factories().site("01")

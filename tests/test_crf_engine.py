@@ -30,6 +30,7 @@ def stored(instance) -> dict:
             for k, v in services.instance_values(instance, crf).items() if v is not None}
 
 
+@pytest.mark.requirement("P11-10e-1", "EMA-1", "EMA-2", "EMA-3", "E6-4.2.2a-ii")
 def test_a_complete_entry_is_stored_as_typed_values_and_audited_item_by_item(make, db):
     subject = make.subject("01")
     result = save(subject)
@@ -44,6 +45,7 @@ def test_a_complete_entry_is_stored_as_typed_values_and_audited_item_by_item(mak
     assert items["weight"].visit == "D1" and items["bmi"].reason_text == "derived value recalculated"
 
 
+@pytest.mark.requirement("GDPR-5")
 def test_a_partial_date_is_kept_at_the_precision_known_never_zero_filled(make, db):
     result = save(make.subject("01"))
     onset = db.session.scalar(sa.select(ItemValue).where(ItemValue.item_key == "onset"))
@@ -51,6 +53,7 @@ def test_a_partial_date_is_kept_at_the_precision_known_never_zero_filled(make, d
     assert result.instance is not None
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 @pytest.mark.parametrize("item, raw, message", [
     ("weight", "heavy", "A number is expected"),
     ("weight", "500", "must be between 1 and 400 kg; found 500"),
@@ -76,11 +79,13 @@ def test_a_value_for_a_hidden_item_is_refused(make):
     assert "does not apply" in result.errors["temperature"][0]
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_a_derived_value_is_never_taken_from_input(make):
     result = save(make.subject("01"), {**GOOD, "bmi": "99"})
     assert result.outcome == "invalid" and "computed by the system" in result.errors["bmi"][0]
 
 
+@pytest.mark.requirement("E6-4.2.1", "ALCOA-accurate")
 def test_a_hard_check_blocks_the_save_and_names_the_rule_and_the_value(make):
     result = save(make.subject("01"), {**GOOD, "temperature": "37.2"})
     assert result.outcome == "invalid"
@@ -88,6 +93,7 @@ def test_a_hard_check_blocks_the_save_and_names_the_rule_and_the_value(make):
         "temperature"][0]
 
 
+@pytest.mark.requirement("A11-12.4", "E6-4.2.1", "ALCOA-accurate")
 def test_a_soft_range_asks_for_confirmation_which_is_recorded(make, db):
     subject = make.subject("01")
     first = save(subject, {**GOOD, "weight": "210"})
@@ -101,6 +107,7 @@ def test_a_soft_range_asks_for_confirmation_which_is_recorded(make, db):
     assert "found 210" in confirmed[0].value.new_value
 
 
+@pytest.mark.requirement("P11-10e-2", "A11-9", "E6-4.2.2a-ii", "E6-4.2.4", "ALCOA-original")
 def test_changing_a_saved_value_needs_a_reason_and_recalculates_the_derived_value(make):
     subject = make.subject("01")
     save(subject)
@@ -115,6 +122,7 @@ def test_changing_a_saved_value_needs_a_reason_and_recalculates_the_derived_valu
     assert bmi[0].value.old_value == "22.4" and bmi[0].reason_text == "derived value recalculated"
 
 
+@pytest.mark.requirement("A11-9", "E6-4.2.2a-ii", "ALCOA-original")
 def test_clearing_a_saved_value_needs_a_reason_too(make):
     subject = make.subject("01")
     save(subject)
@@ -125,6 +133,7 @@ def test_clearing_a_saved_value_needs_a_reason_too(make):
     assert (row.value.old_value, row.value.new_value) == ("180", None)
 
 
+@pytest.mark.requirement("ALCOA-complete")
 def test_a_null_flavor_is_stored_and_audited_as_such_and_satisfies_required(make, db):
     subject = make.subject("01")
     result = save(subject, {"fever": "N"}, null_flavors={"weight": ("UNK", "scale broken")})
@@ -140,6 +149,7 @@ def test_a_value_and_a_null_flavor_together_are_refused(make):
     assert result.outcome == "invalid" and "either a value" in result.errors["weight"][0]
 
 
+@pytest.mark.requirement("ALCOA-complete")
 def test_an_empty_required_item_leaves_the_form_incomplete(make):
     result = save(make.subject("01"), {"height": "170"})
     assert result.outcome == "saved" and result.instance.status == "incomplete"
@@ -171,6 +181,7 @@ def test_new_instances_of_a_repeating_form_are_numbered(make):
     assert repeats == [1, 2, 3]
 
 
+@pytest.mark.requirement("ALCOA-complete")
 def test_opening_nothing_changes_nothing_and_not_done_needs_a_reason(make, db):
     subject = make.subject("01")
     with pytest.raises(ValueError, match="why"):
@@ -181,6 +192,7 @@ def test_opening_nothing_changes_nothing_and_not_done_needs_a_reason(make, db):
     assert audit_rows(action="form.create")[-1].reason_text == "patient transferred for the day"
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_a_cross_form_check_sees_the_rest_of_the_casebook(make, db):
     subject = make.included("01")
     d0 = subject.inclusion_date

@@ -7,6 +7,7 @@ import html
 import re
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from ecrf.audit.reasons import Reason
@@ -93,6 +94,7 @@ def test_open_queries_on_the_home_page_link_to_the_list_with_the_same_count(make
         assert len(set(re.findall(r'href="/queries/(\d+)"', listed))) == expected, label
 
 
+@pytest.mark.requirement("E6-4.2.3")
 def test_the_home_page_shows_each_count_with_a_link_to_its_list(make, login_as, client, db):
     subject = make.included("01")
     _include_days_ago(subject, 3)

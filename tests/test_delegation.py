@@ -51,6 +51,7 @@ def test_the_data_manager_adds_a_line_on_the_site_page_and_it_is_audited(make, s
     assert "Principal investigator" in listed and "active" in listed
 
 
+@pytest.mark.requirement("P11-10c")
 def test_a_line_is_ended_with_a_reason_and_stays_in_the_log(make, site, today, login_as, client, db):
     inv = make.user("sam-sub", role="investigator", site=site, full_name="Sam Sub")
     entry = add_entry(system_actor(), site, inv, "sign", today - timedelta(days=10))

@@ -8,6 +8,8 @@ from ecrf.forms.crfs.eligibility import EXCLUSIONS
 from ecrf.study import settings
 from ecrf.study.eligibility import evaluate
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 NO_EXCLUSION = {key: "N" for key, _ in EXCLUSIONS} | {"other_trial": "N"}
 
 

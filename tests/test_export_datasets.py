@@ -107,6 +107,7 @@ def test_the_zip_holds_every_crf_in_four_formats_with_a_dictionary_and_a_manifes
     assert "NAME_NF" in _member(path, "README.txt")
 
 
+@pytest.mark.requirement("A11-17", "EMA-11", "E6-4.2.5")
 def test_the_manifest_digests_match_and_a_changed_file_is_detected(study, exporter, tmp_path):
     _job, path = _export(exporter)
     assert verify_manifest(path) == []
@@ -143,6 +144,7 @@ def test_the_manifest_digests_match_and_a_changed_file_is_detected(study, export
         "csv/subjects.csv: 3 rows, the manifest says 4"]
 
 
+@pytest.mark.requirement("A11-4.8", "E6-4.2.5", "ALCOA-enduring")
 def test_every_format_reads_back_with_the_same_rows_names_and_labels(study, exporter, tmp_path):
     _job, path = _export(exporter)
     manifest = _manifest(path)
@@ -172,6 +174,7 @@ def test_every_format_reads_back_with_the_same_rows_names_and_labels(study, expo
     assert rows["csv/demograp.csv"] == 3 and rows["csv/adveeven.csv"] == 0
 
 
+@pytest.mark.requirement("A11-4.8")
 def test_coded_values_come_with_labels_null_flavors_apart_and_dates_as_dates(study, exporter, tmp_path):
     _job, path = _export(exporter)
     demographics = {r["SUBJID"]: r for r in _csv(path, "DEMOGRAP")}

@@ -103,6 +103,7 @@ def load_with_odmlib(path):
 # --- both files: valid, loadable, every reference resolved ----------------------------------------
 
 
+@pytest.mark.requirement("P11-10b", "A11-17", "EMA-11", "ALCOA-enduring")
 @pytest.mark.parametrize("kind, file_type", [("odm_snapshot", "Snapshot"),
                                              ("odm_transactional", "Transactional")])
 def test_the_export_is_valid_odm_132_loads_in_odmlib_and_every_reference_resolves(study, kind, file_type):
@@ -122,6 +123,7 @@ def test_the_export_is_valid_odm_132_loads_in_odmlib_and_every_reference_resolve
     assert [d.OID for d in document.AdminData[0].SignatureDef] == ["SD.APPROVAL"]
 
 
+@pytest.mark.requirement("EMA-11", "ALCOA-enduring")
 def test_the_schema_shipped_with_the_package_is_cdiscs_own_and_rejects_a_broken_file(study, tmp_path):
     import hashlib
 
@@ -172,6 +174,7 @@ def test_a_dangling_or_misplaced_reference_is_reported(study, tmp_path):
 # --- snapshot ------------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10b")
 def test_the_snapshot_holds_the_current_values_in_odm_formats(study):
     root = parse(study.export("odm_snapshot"))
     assert root.find(".//o:ItemData", NS).get("TransactionType") is None
@@ -196,6 +199,7 @@ def test_the_snapshot_holds_the_current_values_in_odm_formats(study):
     assert sofa.find("o:Annotation/o:Comment", NS).text == "not measured that day"
 
 
+@pytest.mark.requirement("ALCOA-complete")
 def test_a_null_flavor_is_isnull_with_its_code_and_comment(study):
     root = parse(study.export("odm_snapshot"))
     [height] = item_data(root, "I.TOY_VITALS.HEIGHT")
@@ -212,6 +216,7 @@ def test_a_null_flavor_is_isnull_with_its_code_and_comment(study):
     assert weight.get("IsNull") is None and weight.find("o:Annotation", NS) is None
 
 
+@pytest.mark.requirement("P11-10b")
 def test_the_snapshot_carries_the_valid_signature_of_the_visit(study):
     root = parse(study.export("odm_snapshot"))
     d1 = root.find(".//o:SubjectData[@SubjectKey='01-001']/o:StudyEventData[@StudyEventOID='SE.D1']", NS)
@@ -243,6 +248,7 @@ def value_changes(subject_code: str) -> list[AuditRecord]:
         .order_by(AuditRecord.seq)))
 
 
+@pytest.mark.requirement("P11-10b", "EMA-1", "EMA-11", "ALCOA-original", "ALCOA-traceable")
 def test_the_transactional_file_has_one_itemdata_per_change_with_its_audit_record(study):
     root = parse(study.export("odm_transactional"))
     for code in ("01-001", "02-001"):
@@ -268,6 +274,7 @@ def test_the_transactional_file_has_one_itemdata_per_change_with_its_audit_recor
         assert seqs == sorted(seqs)
 
 
+@pytest.mark.requirement("EMA-1")
 def test_the_history_of_null_flavors_and_emptied_values(study):
     root = parse(study.export("odm_transactional"))
     [height] = item_data(root, "I.TOY_VITALS.HEIGHT")
@@ -286,6 +293,7 @@ def test_the_history_of_null_flavors_and_emptied_values(study):
     assert comment[1].find("o:Annotation", NS) is None
 
 
+@pytest.mark.requirement("EMA-11")
 def test_signings_take_their_place_in_the_history(study):
     root = parse(study.export("odm_transactional"))
     subjects = root.findall(".//o:SubjectData[@SubjectKey='01-001']", NS)
@@ -449,6 +457,7 @@ def definitions_of(registry) -> dict[tuple[str, int], list[dict]]:
             for key, versions in registry.crfs.items() for version, crf in versions.items()}
 
 
+@pytest.mark.requirement("A11-4.8")
 def test_the_exported_metadata_rebuild_every_version_of_every_crf(study, app, monkeypatch):
     """Round trip: the item definitions read back from the file equal the registry's, for every
     CRF version; data entered against version 1 of the toy CRF keep its FormDef."""
@@ -502,6 +511,7 @@ def test_the_writers_are_registered():
     assert jobs.WRITERS["odm_transactional"] is odm.write_transactional
 
 
+@pytest.mark.requirement("EMA-8")
 def test_the_command_exports_and_refuses_a_user_without_export_run_on_the_site(study, runner, make, tmp_path):
     out = tmp_path / "study.xml"
     result = runner.invoke(args=["export", "odm", "--transactional", "--as", "dm", "-o", str(out)])

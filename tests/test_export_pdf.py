@@ -87,6 +87,7 @@ def trial(make):
 
 
 
+@pytest.mark.requirement("P11-10b", "P11-50b", "A11-8.1/8.2", "ALCOA-legible")
 def test_the_casebook_shows_values_history_queries_verification_and_signatures(trial, db):
     pages = pdf_pages(casebook_pdf(trial.subject))
     text = " ".join(pages)
@@ -127,6 +128,7 @@ def _zip_texts(path) -> dict[str, str]:
         return {name: " ".join(pdf_pages(archive.read(name))) for name in archive.namelist()}
 
 
+@pytest.mark.requirement("P11-10b")
 def test_a_site_export_holds_one_pdf_per_subject_of_the_site_only(trial, make, db):
     data_manager = make.user("dm", role="data_manager")
     actor = Access.for_user(data_manager, "export.run").actor(trial.site.id)
@@ -144,6 +146,7 @@ def test_a_site_export_holds_one_pdf_per_subject_of_the_site_only(trial, make, d
     assert "This casebook has no electronic signature." in bare
 
 
+@pytest.mark.requirement("EMA-8")
 def test_ecrf_export_pdf_writes_the_zip_of_one_subject(trial, make, runner, db, tmp_path):
     make.user("inv02", role="investigator", site=trial.other)
     output = tmp_path / "casebooks.zip"

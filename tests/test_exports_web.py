@@ -24,6 +24,7 @@ def _study(make):
                          Submitted({"weight": "70", "fever": "N"})).ok
 
 
+@pytest.mark.requirement("P11-10e-3", "A11-17", "EMA-11", "E6-4.2.2a-iii", "ALCOA-available")
 def test_a_data_manager_exports_the_audit_trail_and_downloads_it_with_its_digest(make, login_as,
                                                                                   client, db):
     _study(make)
@@ -42,6 +43,7 @@ def test_a_data_manager_exports_the_audit_trail_and_downloads_it_with_its_digest
     assert digest in audit_rows(action="export.done")[-1].value.new_value
 
 
+@pytest.mark.requirement("EMA-8")
 def test_an_investigator_exports_only_their_site(make, login_as, client, db, monkeypatch):
     _study(make)
     monkeypatch.setitem(jobs.WRITERS, "odm_snapshot", lambda scope, out, progress, options:

@@ -21,6 +21,7 @@ def test_an_eligible_subject_is_included_with_d0_today(make):
     assert eligibility.for_subject(subject).eligible
 
 
+@pytest.mark.requirement("P11-10f")
 def test_a_subject_without_data_cannot_be_included_and_the_criteria_are_listed(make):
     subject = make.subject("01")
     with pytest.raises(StudyError, match="not eligible") as refused:
@@ -30,6 +31,7 @@ def test_a_subject_without_data_cannot_be_included_and_the_criteria_are_listed(m
     assert subject.status == "screening"
 
 
+@pytest.mark.requirement("P11-10f")
 def test_a_patient_aged_18_is_refused_at_inclusion(make):
     subject = make.subject("01")
     rng = random.Random(3)

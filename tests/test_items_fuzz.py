@@ -34,6 +34,7 @@ raw_text = st.one_of(st.text(max_size=40), st.from_regex(r"[0-9,.\-/: T]{0,20}",
                                       "10002272", "Y", "A", "", " "]))
 
 
+@pytest.mark.requirement("E6-4.3.3")
 @settings(max_examples=300, deadline=None)
 @given(raw=raw_text, index=st.integers(0, len(TYPES) - 1))
 def test_every_item_type_parses_or_explains(raw, index):
@@ -54,6 +55,7 @@ def test_every_item_type_parses_or_explains(raw, index):
 keys = [i.key for i in DEFINITION.items]
 
 
+@pytest.mark.requirement("E6-4.3.3")
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(values=st.dictionaries(st.sampled_from(keys), st.one_of(raw_text, st.lists(raw_text,

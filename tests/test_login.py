@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from ecrf.auth.models import UserSession
@@ -9,6 +10,7 @@ from ecrf.auth.services import LOGIN_FAILED_MESSAGE
 from tests.factories import PASSWORD, audit_rows
 
 
+@pytest.mark.requirement("E6-4.2.2a-i")
 def test_login_and_home_page(make, login, client):
     make.user("alice", role="data_manager")
     response = login("alice")
@@ -27,6 +29,7 @@ def test_unknown_user_and_wrong_password_get_the_same_message(make, login):
     assert LOGIN_FAILED_MESSAGE in wrong.get_data(as_text=True)
 
 
+@pytest.mark.requirement("P11-300d", "E6-4.2.2a-i")
 def test_failed_logins_are_recorded_though_the_request_fails(make, login):
     make.user("carol", role="auditor")
     login("carol", "wrong-password-123")
@@ -38,6 +41,7 @@ def test_failed_logins_are_recorded_though_the_request_fails(make, login):
     assert "unknown user" in failed[1].value.new_value
 
 
+@pytest.mark.requirement("P11-300d")
 def test_five_failures_in_a_row_lock_the_account_even_for_the_right_password(make, login, app,
                                                                             db):
     user = make.user("dave", role="auditor")
@@ -68,6 +72,7 @@ def test_a_lock_ends_after_the_configured_time(make, login, app, later):
     assert len(audit_rows(action="auth.unlocked")) == 1
 
 
+@pytest.mark.requirement("P11-10d")
 def test_a_deactivated_user_cannot_log_in(make, login, runner):
     make.user("root", role="admin")
     make.user("gus", role="auditor")
@@ -77,6 +82,7 @@ def test_a_deactivated_user_cannot_log_in(make, login, runner):
     assert login("gus").status_code == 401
 
 
+@pytest.mark.requirement("E6-4.2.2a-i")
 def test_session_ends_after_idle_time_and_the_time_out_is_recorded(make, login, client, app,
                                                                    later):
     make.user("hal", role="auditor")
@@ -96,6 +102,7 @@ def test_activity_keeps_the_session_alive(make, login, client, app, later):
         assert client.get("/").status_code == 200
 
 
+@pytest.mark.requirement("E6-4.2.2a-i")
 def test_logout_ends_the_server_side_session_so_the_cookie_is_dead(make, login, client, db):
     make.user("jan", role="auditor")
     login("jan")

@@ -13,12 +13,14 @@ from ecrf.database import include_name
 from ecrf.extensions import db as _db
 
 
+@pytest.mark.requirement("A11-10")
 def test_autogenerate_finds_no_difference_between_models_and_migrations(db):
     context = MigrationContext.configure(db.session.connection(),
                                          opts={"compare_type": True, "include_name": include_name})
     assert compare_metadata(context, _db.metadata) == []
 
 
+@pytest.mark.requirement("A11-10")
 def test_negative_control_a_model_change_without_migration_is_found(db):
     import sqlalchemy as sa
 
@@ -30,6 +32,7 @@ def test_negative_control_a_model_change_without_migration_is_found(db):
         _db.metadata.remove(table)
 
 
+@pytest.mark.requirement("A11-10")
 def test_the_database_is_at_the_single_head(db):
     current = MigrationContext.configure(db.session.connection()).get_current_heads()
     heads = ScriptDirectory.from_config(_script_config()).get_heads()
@@ -44,6 +47,7 @@ def _script_config():
     return cfg
 
 
+@pytest.mark.requirement("P11-10c")
 def test_migration_files_are_date_prefixed_and_never_drop_the_audit_trail():
     import pathlib
 

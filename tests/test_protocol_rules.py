@@ -3,6 +3,8 @@ serious adverse event alerts the data managers."""
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.audit.reasons import Reason
 from ecrf.auth.services import system_actor
 from ecrf.casebook.services import CheckContext, Slot
@@ -71,6 +73,7 @@ def test_a_death_date_ends_the_schedule(make, login_as, client):
     assert "overdue" not in page.split("Day 3")[1].split("Day 4")[0]
 
 
+@pytest.mark.requirement("ALCOA-attributable")
 def test_inside_a_loaders_transaction_the_deviation_is_attributed_to_the_loader(make):
     from ecrf.audit.unit_of_work import Actor, unit_of_work
     from ecrf.demo import loader_actor

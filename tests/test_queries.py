@@ -92,6 +92,7 @@ def _raised_days_ago(query: Query, days: int) -> None:
 # --- the state machine ------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("E6-4.2.2a-iii")
 def test_a_monitor_raises_a_query_on_an_item_and_it_is_open_with_its_first_message(trial):
     query = queries.raise_query(trial.mon, trial.form, "weight", "Weight: please check.")
     assert (query.state, query.origin, query.item_key, query.form_instance_id) == (
@@ -128,6 +129,7 @@ LEGAL = {
 STATES = ("open", "answered", "closed", "cancelled")
 
 
+@pytest.mark.requirement("P11-10f")
 @pytest.mark.parametrize("state", STATES)
 @pytest.mark.parametrize("step", list(queries.STEPS))
 def test_each_step_is_taken_only_from_the_states_that_allow_it(trial, state, step):
@@ -151,6 +153,7 @@ def test_each_step_is_taken_only_from_the_states_that_allow_it(trial, state, ste
         assert len(audit_rows(action=f"query.{step}", entity_id=str(query.id))) == steps
 
 
+@pytest.mark.requirement("P11-10f")
 def test_closing_an_open_query_that_has_no_answer_is_refused_with_a_clear_message(trial):
     query = _in_state(trial, "open")
     with pytest.raises(queries.QueryError, match="has no answer yet: it can be closed once "
@@ -158,6 +161,7 @@ def test_closing_an_open_query_that_has_no_answer_is_refused_with_a_clear_messag
         queries.close(trial.mon, query)
 
 
+@pytest.mark.requirement("P11-10f")
 def test_answering_a_closed_query_is_refused(trial):
     query = _in_state(trial, "closed")
     with pytest.raises(queries.QueryError, match="is closed: only an open query can be answered"):
@@ -362,6 +366,7 @@ def _system_queries(instance) -> list[Query]:
         Query.form_instance_id == instance.id, Query.origin == "system").order_by(Query.id)))
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_a_confirmed_soft_check_opens_a_system_query_on_its_item(trial):
     assert _system_queries(trial.form) == []  # control: 70 kg fires nothing
     result = _save(trial.enter, trial.subject, {"weight": "210", "height": "170", "fever": "N"},
@@ -424,6 +429,7 @@ def test_a_system_query_a_monitor_closed_is_raised_again_only_for_another_value(
 # --- a correction in answer to a query --------------------------------------------------------
 
 
+@pytest.mark.requirement("EMA-4", "E6-4.2.4", "ALCOA-traceable")
 def test_a_value_corrected_in_answer_to_a_query_names_the_query_in_its_audit_row(trial):
     query = queries.raise_query(trial.mon, trial.form, "weight", "70 kg? The chart says 72.5.")
     _save(trial.enter, trial.subject, {"weight": "72.5", "height": "170", "fever": "N"},
@@ -439,6 +445,7 @@ def test_a_value_corrected_in_answer_to_a_query_names_the_query_in_its_audit_row
     assert audit_rows(action="query.answer")[-1].request_id == row.request_id
 
 
+@pytest.mark.requirement("EMA-4")
 def test_a_correction_without_a_query_keeps_its_own_reason(trial):
     query = queries.raise_query(trial.mon, trial.form, "weight", "Check the weight.")
     _save(trial.enter, trial.subject, {"weight": "72.5", "height": "170", "fever": "N"},
@@ -461,6 +468,7 @@ def test_a_correction_cannot_answer_a_query_that_is_not_open_or_not_on_the_form(
     assert not audit_rows(action="item.update")
 
 
+@pytest.mark.requirement("EMA-4")
 def test_the_investigator_corrects_the_value_from_the_query_page(trial, login, client):
     query = queries.raise_query(trial.mon, trial.form, "weight", "70 kg? The chart says 72.5.")
     _login(login, trial.investigator)

@@ -34,6 +34,8 @@ from ecrf.review.delegation import add_entry, site_today
 from ecrf.review.models import ItemVerification, Signature
 from tests.factories import PASSWORD, audit_rows
 
+pytestmark = pytest.mark.requirement("E6-4.2.2b", "GDPR-3")
+
 NAME = "Jeanne Dupuis-Marchand"
 TYPED = f"Rash on both forearms, told by the patient {NAME} at the morning round"
 CORRECT = "Rash on both forearms, noticed at the morning round"
@@ -274,6 +276,7 @@ def test_the_api_shows_the_value_as_masked_and_never_the_name(redacted, client):
 # --- who may, and with what ---------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10g")
 @pytest.mark.parametrize("role", ["investigator", "monitor", "auditor"])
 def test_an_investigator_a_monitor_or_an_auditor_cannot_redact(role, story, app, db):
     user = {"investigator": story.investigator, "monitor": story.monitor,

@@ -45,12 +45,14 @@ def test_a_future_screening_date_is_refused(make):
                       age=40, sex="M", reason_not_included="r")
 
 
+@pytest.mark.requirement("E6-3.16.1(t,v,w)", "GDPR-1")
 def test_the_log_stores_no_identifier():
     assert set(sa.inspect(ScreeningEntry).columns.keys()) == {
         "id", "site_id", "screened_on", "age", "sex", "subject_id", "reason_not_included",
         "created_at"}
 
 
+@pytest.mark.requirement("GDPR-4")
 def test_the_web_log_shows_the_flow_for_the_users_sites_only(make, login_as, client):
     make.site("02")
     log_screening(system_actor(), make.site("02"), screened_on=date.today(), age=70, sex="M",

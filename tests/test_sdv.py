@@ -68,6 +68,7 @@ def _bucket(code: str) -> int:
 # --- verifying ---------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("A11-6", "A11-12.4", "E6-4.2.2a-iii")
 def test_a_monitor_verifies_one_item_and_the_trail_says_who_and_when(make, login_as, client, db):
     subject = make.subject("01")
     _save(subject)
@@ -86,6 +87,7 @@ def test_a_monitor_verifies_one_item_and_the_trail_says_who_and_when(make, login
     assert "1 item verified." in page
 
 
+@pytest.mark.requirement("P11-10g")
 @pytest.mark.parametrize("role", ["investigator", "data_manager", "auditor"])
 def test_only_a_monitor_verifies(role, make, login_as, client, db):
     subject = make.subject("01")
@@ -211,6 +213,7 @@ def test_verification_goes_on_while_frozen_and_stops_when_locked(make, db):
 # --- the plan ----------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("A11-6", "E6-4.2.1")
 def test_critical_items_are_required_for_every_subject_whatever_the_plan(make, db):
     subjects = [make.subject("01") for _ in range(3)]  # buckets 86, 2, 73
     crf = definition_for(TOY, None)
@@ -225,6 +228,7 @@ def test_critical_items_are_required_for_every_subject_whatever_the_plan(make, d
             assert sdv.is_required(subject, crf, "height") == expected, (mode, subject.code)
 
 
+@pytest.mark.requirement("E6-4.2.1")
 def test_the_percentage_selects_subjects_by_a_stable_hash_of_their_code(make, login_as, client,
                                                                         db):
     subjects = [make.subject("01") for _ in range(12)]
@@ -288,6 +292,7 @@ def _cleared_rows(item: str):
             for r in audit_rows(action="sdv.update", field="verified", item=item)]
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_a_value_changed_on_the_form_loses_its_verification(make, login_as, client, db):
     subject = make.subject("01")
     _save(subject)
@@ -350,6 +355,7 @@ def test_a_recalculated_derived_value_loses_a_verification_it_carried(make, db):
     assert _cleared_rows("bmi") == [("bmi", *CLEARED, "true", "false")]
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_negative_control_without_the_rule_a_changed_value_keeps_its_verification(make, db,
                                                                                  monkeypatch):
     subject = make.subject("01")
@@ -365,6 +371,7 @@ def test_negative_control_without_the_rule_a_changed_value_keeps_its_verificatio
 # --- the backlog -------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("E6-4.2.3")
 def test_the_backlog_counts_what_is_left_per_site_and_per_subject(make, db):
     a, b, c = make.subject("01"), make.subject("01"), make.subject("02")
     for subject in (a, b, c):
@@ -448,6 +455,7 @@ def test_the_backlog_page_lists_the_monitors_sites_and_links_each_form_left(make
 # --- what the protocol makes critical ------------------------------------------------------------
 
 
+@pytest.mark.requirement("A11-6", "E6-4.2.1")
 def test_the_protocol_s_critical_items_are_flagged_in_the_crf_definitions(app):
     """Eligibility, every SOFA input, dosing and the serious AE fields are verified for every
     subject (the items an endpoint or a safety report rests on)."""

@@ -49,6 +49,7 @@ RESPONSES = {
 }
 
 
+@pytest.mark.requirement("E6-4.3.3")
 @pytest.mark.parametrize("what", RESPONSES)
 def test_every_response_carries_the_security_headers(what, login_as, client):
     role, path, status = RESPONSES[what]
@@ -99,6 +100,7 @@ def _login_with_token(client, username: str) -> None:
     assert response.status_code == 302
 
 
+@pytest.mark.requirement("E6-4.3.3")
 def test_a_login_post_without_the_csrf_token_is_refused_and_changes_nothing(csrf_on, make,
                                                                              client, db):
     make.user("csrf-login", role="auditor")
@@ -145,6 +147,7 @@ def test_a_csrf_token_of_another_session_is_refused(csrf_on, app, make, client, 
 # --- (c) production configuration -------------------------------------------------------------
 
 
+@pytest.mark.requirement("E6-4.3.3")
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL"])
 def test_production_refuses_to_start_without_an_explicit_secret_and_database(missing, monkeypatch,
                                                                              tmp_path):

@@ -93,6 +93,8 @@ def sign_directly(user, subject, scope=D1, password=PASSWORD, username=None):
 # --- who signs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-50a", "P11-50b", "P11-200a1", "P11-200a1ii", "A11-12.4", "A11-14",
+                         "E6-4.2.2a-iii", "E6-4.2.2d", "E6-3.16.1(n,o)")
 def test_the_principal_investigator_signs_a_complete_visit_with_username_and_password(
         make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
@@ -115,6 +117,7 @@ def test_the_principal_investigator_signs_a_complete_visit_with_username_and_pas
     assert {r.field for r in created} >= {"signer_name", "signed_at", "content_hash", "meaning"}
 
 
+@pytest.mark.requirement("P11-50a")
 def test_the_meaning_is_stored_in_english_whatever_the_language_of_the_page(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -126,6 +129,7 @@ def test_the_meaning_is_stored_in_english_whatever_the_language_of_the_page(make
     assert signatures_of(db, subject)[0].meaning_text == SIGNATURE_MEANINGS["approval"]
 
 
+@pytest.mark.requirement("E6-3.16.1(n,o)")
 def test_a_delegated_sub_investigator_signs_the_whole_casebook(make, login, client, db):
     sub = investigator(make, "sam-sub", "sign")
     subject = complete_d1(make)
@@ -135,6 +139,7 @@ def test_a_delegated_sub_investigator_signs_the_whole_casebook(make, login, clie
     assert (signature.visit_key, signature.visit_repeat, signature.signer_name) == (None, None, "Sam Sub")
 
 
+@pytest.mark.requirement("P11-10g")
 def test_an_investigator_without_a_delegation_line_is_refused_and_signs_once_given_one(
         make, login, client, db):
     ivan = investigator(make, "ivan-inv", task=None)
@@ -199,6 +204,7 @@ def test_the_delegation_line_needs_the_role_grant_too(make, db):
     assert refused.value.kind == "authority" and "no role" in str(refused.value)
 
 
+@pytest.mark.requirement("P11-10g")
 def test_a_monitor_cannot_sign_403_and_recorded(make, login_as, client, db):
     subject = complete_d1(make)
     monitor = login_as("monitor", site="01")
@@ -220,6 +226,7 @@ def test_an_investigator_of_another_site_gets_404(make, login, client, db):
 # --- when: complete, no query open ----------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-10f")
 def test_incomplete_forms_cannot_be_signed_until_complete(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = make.subject("01")
@@ -248,6 +255,7 @@ def test_a_casebook_expects_every_visit_whose_window_has_started(make, later, db
     assert any("Visit D1:" in p and "expected" in p for p in d1.problems)
 
 
+@pytest.mark.requirement("P11-10f")
 @pytest.mark.parametrize(("state", "signs"), [("open", False), ("answered", False),
                                                ("closed", True), ("cancelled", True)])
 def test_an_open_or_answered_query_prevents_signing(make, state, signs, db):
@@ -277,6 +285,7 @@ def test_a_query_on_another_visit_does_not_block_this_visit(make, db):
         sign_directly(pi, subject, CASEBOOK)
 
 
+@pytest.mark.requirement("EMA-12", "E6-3.16.1(r)")
 def test_a_locked_study_refuses_signing_a_frozen_one_does_not(make, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -303,6 +312,7 @@ def test_a_page_read_before_a_change_signs_nothing(make, login, client, db):
 # --- how: both components, every time; failures count toward the lockout ------------------------
 
 
+@pytest.mark.requirement("P11-200a1i", "P11-200a1ii")
 def test_each_signing_asks_for_the_password_again_in_the_same_session(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -313,6 +323,7 @@ def test_each_signing_asks_for_the_password_again_in_the_same_session(make, logi
     assert len(signatures_of(db, subject)) == 1
 
 
+@pytest.mark.requirement("P11-200a1")
 def test_a_wrong_password_is_refused_counted_and_audited(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -332,6 +343,7 @@ def test_a_wrong_password_is_refused_counted_and_audited(make, login, client, db
     assert pi.failed_logins == 0 and len(signatures_of(db, subject)) == 1
 
 
+@pytest.mark.requirement("P11-300d")
 def test_wrong_passwords_at_signing_lock_the_account_like_failed_logins(make, app, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -371,6 +383,7 @@ def test_the_lockout_ends_the_session_so_the_locked_user_is_logged_out(make, app
     assert response.status_code == 302 and "/auth/login" in response.headers["Location"]
 
 
+@pytest.mark.requirement("P11-100a", "P11-200a1", "P11-200a2/3")
 def test_another_users_username_is_refused_and_audited(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     other = investigator(make, "sam-sub", "sign")
@@ -391,6 +404,7 @@ def test_another_users_username_is_refused_and_audited(make, login, client, db):
 # --- what: the content hash ------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("P11-70")
 def test_the_content_hash_can_be_recomputed_from_the_documented_format(make, db):
     subject = complete_d1(make)
     save_toy(subject, height="180", devices=["ECG", "SPO2"], measured_at="2026-01-05 10:30")
@@ -412,6 +426,7 @@ def test_the_content_hash_can_be_recomputed_from_the_documented_format(make, db)
     assert sig.content_hash(subject, D1) == hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.requirement("P11-70", "A11-14")
 def test_the_content_hash_changes_with_a_value_a_status_or_a_version_and_not_otherwise(make, db):
     subject = complete_d1(make)
     other = complete_d1(make)
@@ -465,6 +480,7 @@ def test_the_content_hash_changes_with_a_value_a_status_or_a_version_and_not_oth
 # --- the signature shown with the data, broken by a change, signed again ------------------------
 
 
+@pytest.mark.requirement("P11-50b")
 def test_the_signature_is_shown_on_the_grid_the_form_page_and_the_subject_page(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -487,6 +503,7 @@ def sig_local(signature, subject) -> str:
     return local_time(signature.signed_at, subject.site.timezone)
 
 
+@pytest.mark.requirement("P11-70", "A11-14")
 def test_a_change_after_signing_breaks_the_signature_and_the_pages_say_so(make, login, client, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -507,6 +524,7 @@ def test_a_change_after_signing_breaks_the_signature_and_the_pages_say_so(make, 
         assert "Signed by Paula Pi" not in page
 
 
+@pytest.mark.requirement("P11-70")
 def test_signing_again_adds_a_second_row_and_keeps_the_first(make, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -522,6 +540,7 @@ def test_signing_again_adds_a_second_row_and_keeps_the_first(make, db):
     assert len(audit_rows(action="signature.update")) == 0  # the first row was never rewritten
 
 
+@pytest.mark.requirement("P11-70")
 def test_a_casebook_signature_breaks_when_any_visit_changes_a_visit_one_only_for_its_visit(make, db):
     pi = investigator(make, "paula-pi", "pi")
     subject = complete_d1(make)
@@ -534,6 +553,7 @@ def test_a_casebook_signature_breaks_when_any_visit_changes_a_visit_one_only_for
     assert states[sig.SignScope.visit("UNS", 1)] == sig.NEVER
 
 
+@pytest.mark.requirement("E6-3.16.1(n,o)")
 def test_the_dashboard_lists_casebooks_ready_to_sign_and_broken_signatures(make, db):
     pi = investigator(make, "paula-pi", "pi")
     ready = complete_d1(make)
@@ -578,6 +598,7 @@ def test_the_dashboard_hashes_only_casebooks_changed_after_their_signature(make,
     assert set(hashed) == {untouched.code, reverted.code, broken.code}
 
 
+@pytest.mark.requirement("P11-10c", "P11-70", "A11-14")
 def test_a_signature_row_is_never_physically_deleted(make, db):
     from ecrf.audit.unit_of_work import AuditError
 

@@ -24,6 +24,7 @@ def _crf(*items, checks=(), key="bad"):
                checks=checks)
 
 
+@pytest.mark.requirement("E6-4.3.4")
 @pytest.mark.parametrize("definition, message", [
     (_crf(Item("a", "A", Integer()), Item("a", "A again", Integer())), "duplicate item keys"),
     (_crf(Item("a", "A", Integer(), show_if=lambda v: True, show_if_items=("zz",))),
@@ -56,6 +57,7 @@ def test_two_crfs_may_not_share_an_oid(monkeypatch):
         reg.validate()
 
 
+@pytest.mark.requirement("A11-10")
 def test_forms_in_progress_keep_their_version_after_an_amendment(make, app, monkeypatch):
     subject = make.subject("01")
     before = save_form(system_actor(), subject, "toy_vitals", Slot("D1"),
@@ -76,6 +78,7 @@ def test_forms_in_progress_keep_their_version_after_an_amendment(make, app, monk
     assert new.outcome == "saved" and new.instance.crf_version == 2
 
 
+@pytest.mark.requirement("A11-10", "E6-4.3.4")
 def test_a_changed_definition_or_setting_is_recorded_once(make, app, monkeypatch):
     assert record_if_changed() in (True, False)  # whatever the test database held
     assert record_if_changed() is False
@@ -88,6 +91,7 @@ def test_a_changed_definition_or_setting_is_recorded_once(make, app, monkeypatch
     assert row.username == "system" and row.value.old_value is not None
 
 
+@pytest.mark.requirement("A11-10")
 def test_the_first_request_of_an_app_server_records_the_running_definition(fresh_app):
     from ecrf.extensions import db
 

@@ -12,11 +12,13 @@ from ecrf.study.models import Subject
 from tests.factories import audit_rows
 
 
+@pytest.mark.requirement("GDPR-1")
 def test_enrolment_gives_the_code_site_dash_three_digits_in_sequence(make):
     codes = [make.subject("01").code for _ in range(3)] + [make.subject("02").code]
     assert codes == ["01-001", "01-002", "01-003", "02-001"]
 
 
+@pytest.mark.requirement("P11-10c")
 def test_a_code_is_never_reused_even_after_removal(make, db):
     first = make.subject("01")
     services.change_subject_status(system_actor(), first, "removed",
@@ -25,12 +27,14 @@ def test_a_code_is_never_reused_even_after_removal(make, db):
     assert db.session.get(Subject, first.id).status == "removed"  # kept, with its reason
 
 
+@pytest.mark.requirement("E6-4.3.5")
 def test_a_site_that_is_not_activated_cannot_enrol(make):
     site = make.site("05", activated=False)
     with pytest.raises(services.StudyError, match="not activated"):
         services.enrol_subject(system_actor(), site)
 
 
+@pytest.mark.requirement("EMA-3")
 def test_an_investigator_enrols_through_the_web_and_the_audit_names_the_grant(make, login_as, client):
     site = make.site("01")
     user = login_as("investigator", site="01")
@@ -41,6 +45,7 @@ def test_an_investigator_enrols_through_the_web_and_the_audit_names_the_grant(ma
     assert row.grant_id == user.grants[0].id and row.subject == "01-001"
 
 
+@pytest.mark.requirement("GDPR-6")
 @pytest.mark.parametrize("status", ["screen_failure", "withdrawn"])
 def test_screen_failure_and_withdrawal_need_a_reason(make, status):
     subject = make.included("01") if status == "withdrawn" else make.subject("01")
@@ -52,6 +57,7 @@ def test_screen_failure_and_withdrawal_need_a_reason(make, status):
     assert subject.status_reason.startswith("consent withdrawn by the patient")
 
 
+@pytest.mark.requirement("P11-10f")
 def test_status_follows_the_allowed_path_only(make):
     subject = make.subject("01")
     with pytest.raises(services.StudyError, match="cannot go from screening to completed"):
@@ -62,6 +68,7 @@ def test_status_follows_the_allowed_path_only(make):
         services.change_subject_status(system_actor(), subject, "screening")
 
 
+@pytest.mark.requirement("P11-10e-1", "GDPR-6")
 def test_every_status_change_is_audited_with_old_new_and_reason(make, login_as, client):
     make.site("01")
     login_as("investigator", site="01")
@@ -89,6 +96,7 @@ def test_a_withdrawal_without_reason_from_the_web_saves_nothing(make, login_as, 
     assert db.session.get(Subject, subject.id).status == "included"
 
 
+@pytest.mark.requirement("E6-3.16.1(t,v,w)", "GDPR-1", "GDPR-4")
 def test_no_identifier_is_stored_about_a_subject(db):
     columns = set(sa.inspect(Subject).columns.keys())
     assert columns == {"id", "site_id", "number", "code", "status", "status_reason", "created_at",

@@ -24,6 +24,7 @@ def _count(db, model) -> int:
     return db.session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
+@pytest.mark.requirement("P11-10e-1", "EMA-2", "E6-4.2.2b")
 def test_a_change_outside_the_unit_of_work_raises(make, db):
     site = make.site("01")
     site.name = "Renamed without audit"
@@ -32,6 +33,7 @@ def test_a_change_outside_the_unit_of_work_raises(make, db):
     db.session.rollback()
 
 
+@pytest.mark.requirement("P11-10e-1", "EMA-2")
 def test_negative_control_without_the_flush_listener_the_unaudited_change_goes_through(make, db):
     """The same write as above succeeds once the listener is removed: the listener is what stops it."""
     site = make.site("01")
@@ -46,6 +48,7 @@ def test_negative_control_without_the_flush_listener_the_unaudited_change_goes_t
         db.session.rollback()
 
 
+@pytest.mark.requirement("P11-10e-1", "EMA-3", "ALCOA-attributable", "ALCOA-contemporaneous")
 def test_every_changed_value_is_one_audit_row_with_old_and_new_value(make, db):
     site = make.site("01")
     with unit_of_work(system_actor(), Reason("entry_error", "typo in the name")):
@@ -59,6 +62,7 @@ def test_every_changed_value_is_one_audit_row_with_old_and_new_value(make, db):
     assert row.username == "system" and row.recorded_at.tzinfo is not None
 
 
+@pytest.mark.requirement("A11-9", "E6-4.2.2a-ii")
 def test_the_first_entry_needs_no_reason_but_a_change_of_a_saved_value_does(make, db):
     site = make.site("01")  # created without any reason
     with pytest.raises(ReasonRequiredError, match="reason for change"):
@@ -68,6 +72,7 @@ def test_the_first_entry_needs_no_reason_but_a_change_of_a_saved_value_does(make
     assert site.name == "Test site 01"
 
 
+@pytest.mark.requirement("P11-10e-1")
 def test_a_failed_transaction_leaves_neither_data_nor_audit_rows(fresh_app):
     from ecrf.extensions import db
     from tests.factories import Factories
@@ -84,6 +89,7 @@ def test_a_failed_transaction_leaves_neither_data_nor_audit_rows(fresh_app):
     assert db.session.scalar(sa.select(Site).where(Site.code == "02")) is None
 
 
+@pytest.mark.requirement("P11-10e-1")
 def test_audit_rows_are_committed_with_the_data_in_one_transaction(fresh_app):
     from ecrf.extensions import db
     from tests.factories import Factories
@@ -94,6 +100,7 @@ def test_audit_rows_are_committed_with_the_data_in_one_transaction(fresh_app):
     assert {r.field for r in rows} >= {"code", "status", "site_id"}
 
 
+@pytest.mark.requirement("P11-10c", "ALCOA-complete")
 def test_nothing_audited_is_physically_deleted(make, db):
     subject = make.subject("01")
     with pytest.raises(AuditError, match="never physically deleted"):
@@ -102,6 +109,7 @@ def test_nothing_audited_is_physically_deleted(make, db):
     assert db.session.get(Subject, subject.id) is not None
 
 
+@pytest.mark.requirement("EMA-2")
 def test_bulk_update_on_an_audited_table_is_refused(make, db):
     make.subject("01")
     with pytest.raises(AuditError, match="bypasses the audit trail"):
@@ -116,6 +124,7 @@ def test_secret_columns_are_recorded_as_changed_without_their_value(make, db):
     assert not any("argon2" in (r.value.new_value or "") for r in audit_rows())
 
 
+@pytest.mark.requirement("P11-10h")
 def test_the_audit_row_records_request_id_and_client_of_a_web_request(make, login, db):
     make.user("yan", role="auditor")
     login("yan")

@@ -97,6 +97,7 @@ ACTION_LABELS = {
     "export.failed": _l("Export failed"),
     "export.downloaded": _l("Export downloaded"),
     "backup.create": _l("Database backed up"),
+    "validate.install": _l("Installation checked"),
 }
 EXPORT_ACTION = "audit.exported"
 EXPORT_REASON = Reason.system("audit trail downloaded")

@@ -62,6 +62,7 @@ def _save(page) -> None:
     page.get_by_role("button", name="Save", exact=True).click()
 
 
+@pytest.mark.requirement("P11-10e-1", "A11-9")
 def test_an_investigator_enters_corrects_confirms_changes_and_reads_the_history(live_server, page):
     username = _unique("ines")
     with live_server.context():

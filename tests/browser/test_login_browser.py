@@ -51,6 +51,7 @@ def _change_password(page, current: str, new: str) -> None:
     page.get_by_role("button", name="Change password").click()
 
 
+@pytest.mark.requirement("P11-10d")
 def test_wrong_password_then_forced_change_then_logout(live_server, page):
     username = _unique("nora")
     full_name = f"Nora Browser {username[-6:]}"

@@ -105,6 +105,7 @@ def _saved_weight(code: str) -> Decimal | None:
     return casebook.instance_values(instance, casebook.definition_for(FORM, instance)).get("weight")
 
 
+@pytest.mark.requirement("P11-70", "P11-200a1", "EMA-12")
 def test_a_query_is_answered_closed_verified_signed_broken_and_the_site_locked(
         live_server, page, new_page):
     ines, monica, dora = _unique("ines"), _unique("monica"), _unique("dora")

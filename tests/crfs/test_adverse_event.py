@@ -12,6 +12,8 @@ from ecrf.casebook import services
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.forms.crfs.adverse_event import DEFINITION
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 ANEMIA, NAUSEA, SEPSIS = "10002272", "10028813", "10040047"
 AE = {"term": ANEMIA, "grade": "3", "onset": "2026-03-02", "serious": "N",
       "causality": "POSSIBLE", "action": "DOSE REDUCED", "outcome": "RECOVERING/RESOLVING"}

@@ -3,10 +3,14 @@ and a stop after the start."""
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import concomitant
 from tests.crfs.checking import findings
+
+pytestmark = pytest.mark.requirement("E6-4.3.4")
 
 
 def test_voriconazole_is_flagged_as_a_strong_cyp3a4_inhibitor():

@@ -11,6 +11,8 @@ from ecrf.casebook import services
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.forms.crfs.consent import DEFINITION
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 PATIENT = {"consent_type": "PATIENT", "patient_signed_at": "2026-03-02T10:15", "withdrawn": "N"}
 RELATIVE = {"consent_type": "RELATIVE", "relative_signed_at": "2026-03-02T10:15",
             "relationship": "SPOUSE", "withdrawn": "N"}

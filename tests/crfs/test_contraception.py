@@ -20,6 +20,8 @@ from ecrf.study import settings
 from ecrf.study.eligibility import for_subject
 from ecrf.study.services import change_subject_status
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 WOMAN = {"sex": "F", "age": "31", "weight": "58", "height": "163", "wocbp": "Y"}
 PROTECTED = {"pregnancy_test": "Y", "pregnancy_test_type": "SERUM",
              "pregnancy_test_at": "2026-03-02T06:30", "pregnancy_test_result": "NEG",

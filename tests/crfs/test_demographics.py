@@ -15,6 +15,8 @@ from ecrf.forms.crfs import demographics
 from ecrf.forms.crfs.demographics import DEFINITION
 from ecrf.study import settings
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 MAN = {"sex": "M", "age": "54", "weight": "82.5", "height": "178"}
 WOMAN = {"sex": "F", "age": "37", "weight": "61", "height": "165"}
 
@@ -93,6 +95,7 @@ def test_another_medical_reason_is_described(make):
     assert described.instance.status == "complete"
 
 
+@pytest.mark.requirement("GDPR-5")
 def test_the_birth_date_is_asked_only_when_the_study_collects_it():
     assert settings.COLLECT_BIRTH_DATE is False
     assert "birth_date" not in {i.key for i in DEFINITION.items}

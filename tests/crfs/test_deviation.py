@@ -3,9 +3,13 @@ ones itself: tests/test_protocol_rules.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import deviation
+
+pytestmark = pytest.mark.requirement("E6-4.3.4")
 
 
 def test_a_deviation_records_its_category_and_description():

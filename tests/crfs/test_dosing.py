@@ -11,6 +11,8 @@ from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.study import settings
 from ecrf.study.services import change_subject_status
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 AE = {"term": "10002272", "grade": "3", "onset": "2026-03-02", "serious": "N",
       "causality": "POSSIBLE", "action": "DOSE REDUCED", "outcome": "RECOVERING/RESOLVING"}
 

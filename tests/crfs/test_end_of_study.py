@@ -3,10 +3,14 @@ status that holds together."""
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.casebook import services
 from ecrf.casebook.services import Submitted
 from ecrf.forms.crfs import end_of_study
 from tests.crfs.checking import findings
+
+pytestmark = pytest.mark.requirement("E6-4.3.4")
 
 
 def test_a_death_needs_its_date_and_dead_at_d28_is_not_alive_at_d90():

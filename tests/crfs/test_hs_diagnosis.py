@@ -14,6 +14,8 @@ from ecrf.forms.crfs.hs_diagnosis import DEFINITION
 from ecrf.study import settings
 from tests.factories import audit_rows
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 HLH_ITEMS = ("hlh_fever", "hlh_splenomegaly", "hlh_cytopenias", "hlh_tg_fibrinogen",
              "hlh_hemophagocytosis", "hlh_nk", "hlh_ferritin", "hlh_scd25")
 POINT_ITEMS = ("hs_immuno", "hs_temperature", "hs_organomegaly", "hs_cytopenias", "hs_ferritin",
@@ -174,6 +176,7 @@ def test_hemophagocytosis_is_answered_only_when_the_aspirate_was_done():
     assert "does not apply" in errors["hemophagocytosis"][0]
 
 
+@pytest.mark.requirement("ALCOA-accurate")
 def test_the_computed_items_are_never_typed(make):
     result = save(make.subject("01"), {**CASE_A, "hscore": "300", "hlh_fever": "MET"})
     assert result.outcome == "invalid"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.forms.crfs import labs
 from tests.crfs.checking import findings
+
+pytestmark = pytest.mark.requirement("E6-4.3.4")
 
 
 def test_neutrophils_cannot_exceed_leukocytes():

@@ -14,6 +14,8 @@ from ecrf.casebook import services
 from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.forms.crfs.medical_history import DEFINITION
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 HISTORY = {"immunosuppression": "N", "etiology": ["VIRAL"], "etiology_detail": "EBV",
            "prior_treatment": "N", "icu_admission_at": "2026-03-01T22:10"}
 

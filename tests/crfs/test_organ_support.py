@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ecrf.forms.crfs import organ_support
 from tests.crfs.checking import findings
+
+pytestmark = pytest.mark.requirement("E6-4.3.4")
 
 
 def test_an_organ_support_stops_after_it_starts():

@@ -11,6 +11,8 @@ from ecrf.casebook.services import Slot, Submitted, save_form
 from ecrf.forms.crfs.sofa_daily import DEFINITION
 from tests.factories import audit_rows
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 #: the worked case of the domain notes: P/F 180 on invasive ventilation, platelets 35 G/L,
 #: bilirubin 43 umol/L, norepinephrine 0.15, GCS 15, creatinine 186 umol/L -> 14
 WORKED = {"pao2": "72", "pao2_unit": "mmHg", "fio2": "40", "fio2_unit": "%",

@@ -6,6 +6,8 @@ import pytest
 
 from ecrf.scores.hlh2004 import CRITERIA, Status, hlh2004
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 MET, NOT_MET, NOT_DONE = Status.MET, Status.NOT_MET, Status.NOT_DONE
 
 # A patient meeting none of the eight criteria, all assessed; each test changes only what it is about.

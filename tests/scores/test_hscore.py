@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from ecrf.scores.hscore import ITEMS, MAX_TOTAL, PROBABILITY_TABLE, hscore, hscore_probability
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 # A patient scoring 0 on every item; each test changes only what it is about.
 NEUTRAL = dict(
     immunosuppression=False, temperature_c=37.0, hepatomegaly=False, splenomegaly=False, hemoglobin_g_dl=13.0,

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from ecrf.scores.sofa import COMPONENTS, pao2_fio2_ratio, sofa
 
+pytestmark = pytest.mark.requirement("E6-4.3.4")
+
 # A patient whose six components all score 0; each test changes only what it is about.
 NORMAL = dict(
     pao2_fio2=450, respiratory_support=False, platelets=250, bilirubin=0.6, bilirubin_unit="mg/dL",
