@@ -218,16 +218,17 @@ def app_env(database_url: str, instance_dir: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(database_url: str, port: int, workers: int = 4, *, worker_class: str = "sync",
           threads: int = 1, startup_timeout: float = 90.0,
-          keep_log: Path | None = None) -> Iterator[Server]:
+          keep_log: Path | None = None, extra_config: str = "") -> Iterator[Server]:
     """gunicorn serving the app (development config) on 127.0.0.1:``port`` until the block ends.
 
     Returns once every worker has loaded the app and /health answers; stops the whole process
     group afterwards (SIGTERM, then SIGKILL), even when the block raises. The exceptions the
-    app logged are then in ``Server.errors``; ``keep_log`` keeps a copy of gunicorn's log."""
+    app logged are then in ``Server.errors``; ``keep_log`` keeps a copy of gunicorn's log.
+    ``extra_config`` is appended to gunicorn's configuration file (other server hooks)."""
     if not _port_free(port):
         raise RuntimeError(f"port {port} is in use: another server would be measured")
     folder = Path(tempfile.mkdtemp(prefix=f"ecrf-http-{port}-"))
-    (folder / "hooks.py").write_text(_READY_HOOK.format(folder=str(folder)))
+    (folder / "hooks.py").write_text(_READY_HOOK.format(folder=str(folder)) + extra_config)
     log_path = folder / "gunicorn.log"
     command = [str(BIN / "gunicorn"), "--config", str(folder / "hooks.py"), "--workers", str(workers),
                "--worker-class", worker_class, "--threads", str(threads),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from flask import Flask, g, redirect, render_template, request, url_for
+from flask import Flask, abort, g, redirect, render_template, request, url_for
 from flask_login import current_user
+from werkzeug.routing import IntegerConverter
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,17 @@ CSP = (
 )
 
 
+class KeyConverter(IntegerConverter):
+    """``<int:...>`` in a URL: only what an id column can hold. A larger number names nothing
+    (404) instead of reaching the database, which refuses it with a server error."""
+
+    def __init__(self, map, fixed_digits=0, min=None, max=None, signed=False):  # noqa: A002
+        from ecrf.database import MAX_ID
+
+        super().__init__(map, fixed_digits=fixed_digits, min=min,
+                         max=MAX_ID if max is None else max, signed=signed)
+
+
 def create_app(config=None, **overrides) -> Flask:
     """Build the app: bind extensions, register blueprints, error handlers and the CLI."""
     import config as config_module
@@ -38,6 +50,7 @@ def create_app(config=None, **overrides) -> Flask:
     from ecrf.i18n import select_locale
 
     app = Flask(__name__, instance_path=str(config_module.INSTANCE_DIR))
+    app.url_map.converters["int"] = KeyConverter  # before any route is added
     config = config or config_module.config_from_env()
     if isinstance(config, str):
         config = config_module.CONFIGS[config]
@@ -157,6 +170,17 @@ def _register_hooks(app: Flask) -> None:
         request.environ["ecrf.request_id"] = str(uuid.uuid4())
 
     @app.before_request
+    def _no_nul_character():
+        """A NUL character in the URL or a form is refused (400) before anything reads it:
+        PostgreSQL cannot hold it in text, SQLite would, and nobody types it."""
+        texts = [v for v in (request.view_args or {}).values() if isinstance(v, str)]
+        for source in (request.args, request.form):
+            for key, value in source.items(multi=True):
+                texts += (key, value)
+        if any("\x00" in text for text in texts):
+            abort(400)
+
+    @app.before_request
     def _change_control():
         """Once per process: record a new study definition in the audit trail."""
         if not app.extensions.get("ecrf.definition_recorded"):
@@ -240,3 +264,80 @@ def _register_errors(app: Flask) -> None:
         db.session.rollback()
         return render_template("error.html", status=409, title=gettext("Not saved"),
                                message=tr(error.message)), 409
+
+    _register_database_outage(app)
+
+
+#: seconds a client is asked to wait before retrying when the database cannot be reached
+RETRY_AFTER_SECONDS = 5
+
+
+def _register_database_outage(app: Flask) -> None:
+    """503 when the database cannot be reached (down, restarting, connection lost, pool
+    exhausted): a page or, under /api/, JSON, with Retry-After; one warning in the log.
+
+    Nothing of the request was saved unless a commit had been sent: then the connection may
+    have been lost after the database committed, and the page says so, since a user told
+    "nothing was saved" would enter the same adverse event a second time."""
+    import contextlib
+    import logging
+
+    import sqlalchemy as sa
+    from flask import jsonify
+    from flask_babel import gettext
+
+    from ecrf.audit.unit_of_work import COMMIT_SENT
+    from ecrf.extensions import db, login_manager
+
+    log = logging.getLogger("ecrf.database")
+
+    def unreachable(error: Exception) -> bool:
+        if isinstance(error, sa.exc.DBAPIError):
+            return isinstance(error, sa.exc.OperationalError) or error.connection_invalidated
+        return isinstance(error, sa.exc.TimeoutError)  # no pooled connection came free
+
+    def handler(error: Exception):
+        if not unreachable(error):
+            raise error  # a constraint or a programming error stays a server error
+        with contextlib.suppress(sa.exc.SQLAlchemyError):
+            db.session.rollback()
+        in_doubt = bool(request.environ.get(COMMIT_SENT))
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()
+        log.warning("database unreachable: %s %s -> 503 (%s%s: %s)", request.method,
+                    request.path, type(error).__name__, ", commit in doubt" if in_doubt else "",
+                    cause[0] if cause else "")
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if request.path.startswith("/api/"):  # read by programs: English, as the API's messages
+            return jsonify({"error": "database_unavailable", "message": (
+                "The database cannot be reached at the moment; nothing of this request was "
+                "saved. Retry in a moment.")}), 503, headers
+        # the page is drawn without the database: no user, no permission can be looked up
+        g._login_user = login_manager.anonymous_user()
+        if in_doubt:
+            message = gettext(
+                "The connection to the database was lost while this request was being saved, "
+                "so it may have been saved. Wait a moment, then submit the same page again "
+                "(reload it, or go back and submit): a form already saved is recognised and not "
+                "saved twice. Do not enter it again in a new form.")
+        else:
+            message = gettext("The database cannot be reached at the moment. Nothing of this "
+                              "request was saved. Please try again in a moment.")
+        return render_template("error.html", status=503, title=gettext("Database unavailable"),
+                               message=message), 503, headers
+
+    for kind in (sa.exc.DBAPIError, sa.exc.TimeoutError):
+        app.register_error_handler(kind, handler)
+
+    @app.teardown_appcontext
+    def _end_transaction_on_a_lost_connection(_error):
+        """Runs before Flask-SQLAlchemy's own teardown (registered earlier). The request's
+        answer is ready (a page read, a save committed); if ending its transaction fails
+        because the database dropped the connection, nothing was pending (the engine has
+        already discarded the dropped connection): the answer must not become a server error."""
+        try:
+            db.session.close()
+        except (sa.exc.DBAPIError, sa.exc.TimeoutError) as e:
+            if not unreachable(e):
+                raise
+            log.warning("database connection lost while ending a transaction (nothing "
+                        "pending): %s", str(getattr(e, "orig", None) or e).strip().splitlines()[0])

@@ -20,6 +20,9 @@ from ecrf.audit.reasons import Reason
 from ecrf.extensions import db
 
 UOW_KEY = "ecrf.unit_of_work"
+#: set in the request's environ once a commit carrying audit rows has been sent: if the database
+#: is lost from then on, the request may have been saved (the 503 page must not deny it)
+COMMIT_SENT = "ecrf.commit_sent"
 
 
 class AuditError(RuntimeError):
@@ -119,6 +122,8 @@ def unit_of_work(actor: Actor, reason: Reason | None = None) -> Iterator[UnitOfW
         seqs = chain.append(session, uow)
         for callback in uow.after_append:
             callback(session, seqs)
+        if seqs and has_request_context():
+            request.environ[COMMIT_SENT] = True
         session.commit()
     except BaseException:
         session.rollback()

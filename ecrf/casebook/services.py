@@ -334,6 +334,16 @@ def save_form(actor: Actor, subject: Subject, crf_key: str, slot: Slot, submitte
     status = form_status(crf, values)
     if instance is not None and new_text == old_text and instance.status == status:
         return SaveResult("unchanged", instance)
+    if instance is None:
+        lock_subject(subject)
+        done = db.session.get(Submission, token) if token else None
+        if done is not None:  # the same page, submitted twice at once: the other one saved it
+            return SaveResult("duplicate", db.session.get(FormInstance, done.form_instance_id))
+        current = get_instance(subject, crf_key, slot)
+        if current is not None:  # a single form someone else created meanwhile
+            now = instance_values(current, crf)
+            return SaveResult("conflict", current,
+                              current={i.key: value_text(i, now.get(i.key)) for i in crf.items})
     try:
         if query is not None:
             from ecrf.review.queries import response_reason
@@ -390,6 +400,13 @@ def _write(actor, subject, crf, slot, instance, values, old_text, new_text, stat
 
         after_form_saved(uow, instance, crf, soft, old_text, new_text, answering=query)
     return instance
+
+
+def lock_subject(subject: Subject) -> None:
+    """Creations of forms on one subject take turns until the transaction ends: two new adverse
+    events at once get distinct numbers, and what the other committed meanwhile is read under
+    the lock. A row lock on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already serialises writers."""
+    db.session.execute(sa.select(Subject.id).where(Subject.id == subject.id).with_for_update())
 
 
 def _next_repeat(subject: Subject, crf_key: str, slot: Slot) -> int:
