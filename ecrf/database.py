@@ -30,6 +30,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: the largest id or row version: ids are PostgreSQL ``integer`` columns
+MAX_ID = 2**31 - 1
+#: the largest audit seq (``bigint``)
+MAX_SEQ = 2**63 - 1
+
+
+def parse_key(raw: str | None, maximum: int = MAX_ID) -> int | None:
+    """An id, seq, row version or count sent as text: its value if it is ASCII digits up to
+    ``maximum``, else None. ``str.isdigit`` alone also accepts "²" and a hundred thousand
+    digits, which ``int()`` or the database then refuse with a server error."""
+    if not raw or len(raw) > 19 or not raw.isascii() or not raw.isdigit():
+        return None
+    value = int(raw)
+    return value if value <= maximum else None
+
+
 _SQLITE_UTC = sqlite.DATETIME(
     storage_format=(
         "%(year)04d-%(month)02d-%(day)02dT%(hour)02d:%(minute)02d:%(second)02d"
