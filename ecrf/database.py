@@ -46,6 +46,15 @@ def parse_key(raw: str | None, maximum: int = MAX_ID) -> int | None:
     return value if value <= maximum else None
 
 
+def key(raw: str) -> int:
+    """``request.args.get(name, type=key)``: an id or page number within ``MAX_ID``; anything
+    else raises ValueError, so the argument's default is used."""
+    value = parse_key(raw)
+    if value is None:
+        raise ValueError(f"not an id: {raw[:20]!r}")
+    return value
+
+
 _SQLITE_UTC = sqlite.DATETIME(
     storage_format=(
         "%(year)04d-%(month)02d-%(day)02dT%(hour)02d:%(minute)02d:%(second)02d"

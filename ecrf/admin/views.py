@@ -17,6 +17,7 @@ from ecrf.admin.forms import ConfirmForm, ExpiryForm, GrantForm, ReasonForm, Sit
 from ecrf.auth import second_factor
 from ecrf.auth import services as auth_services
 from ecrf.auth.models import User
+from ecrf.database import parse_key
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
 from ecrf.i18n import N_
@@ -156,7 +157,11 @@ def add_grant(user_id: int):
     form = GrantForm()
     form.site.choices = choices([("", "—")] + [(s.id, s.code) for s in _sites()])
     if form.validate_on_submit():
-        site = db.session.get(Site, int(form.site.data)) if form.site.data else None
+        site_id = parse_key(form.site.data) if form.site.data else None
+        site = db.session.get(Site, site_id) if site_id is not None else None
+        if form.site.data and site is None:
+            flash(_("The grant could not be read: choose a site from the list."), "error")
+            return redirect(url_for("admin.view_user", user_id=user.id))
         when = [d.replace(tzinfo=UTC) if d else None for d in (form.valid_from.data,
                                                                form.valid_to.data)]
         try:

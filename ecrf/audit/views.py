@@ -27,6 +27,7 @@ from ecrf.audit import review as audit_review
 from ecrf.audit.models import AuditRecord
 from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.casebook.services import registry
+from ecrf.database import MAX_SEQ, key, parse_key
 from ecrf.extensions import db
 from ecrf.i18n import tr
 
@@ -34,7 +35,7 @@ bp = Blueprint("audit", __name__, url_prefix="/audit")
 
 
 def _page_number() -> int:
-    return max(request.args.get("page", 1, type=int) or 1, 1)
+    return max(request.args.get("page", 1, type=key) or 1, 1)
 
 
 def _per_page() -> int:
@@ -96,7 +97,7 @@ def _worklist_args(source) -> dict[str, str]:
     if (source.get("site") or "").strip():
         args["site"] = source["site"].strip()[:8]
     page = source.get("page", "1")
-    if page.isdigit() and int(page) > 1:
+    if (parse_key(page) or 1) > 1:
         args["page"] = page
     return args
 
@@ -116,7 +117,7 @@ def worklist():
 @bp.route("/review", methods=["POST"])
 @requires("audit.review")
 def review_record():
-    seq = request.form.get("seq", type=int)
+    seq = parse_key(request.form.get("seq"), MAX_SEQ)
     flag = request.form.get("flag", "")
     if seq is None:
         abort(400)
@@ -158,7 +159,7 @@ def _redaction_page(found: redaction.Redaction, status: int = 200, error: str | 
                            typed=request.form), status
 
 
-@bp.route("/redact/<int:seq>/<side>", methods=["GET", "POST"])
+@bp.route("/redact/<int(max=9223372036854775807):seq>/<side>", methods=["GET", "POST"])
 @requires("audit.redact")
 def redact_value(seq: int, side: str):
     """A data manager masks one value of the trail, after seeing what will be masked."""

@@ -17,6 +17,7 @@ from ecrf.audit.models import AuditRecord
 from ecrf.audit.reasons import REASON_CODES, Reason
 from ecrf.casebook import bp, services
 from ecrf.casebook.models import FormInstance
+from ecrf.database import parse_key
 from ecrf.extensions import db
 from ecrf.forms.build import NF_COMMENT_SUFFIX, NF_SUFFIX, form_class
 from ecrf.forms.items import NULL_FLAVORS, Choice, DateTime
@@ -137,7 +138,7 @@ def form_page(code: str, visit_key: str, visit_repeat: int, crf_key: str, form_r
         form = Form()
         if not form.validate_on_submit():
             abort(400)
-        row_version = int(form.row_version.data) if (form.row_version.data or "").isdigit() else None
+        row_version = parse_key(form.row_version.data)
         result = services.save_form(
             enter.actor(subject.site_id), subject, crf_key, slot, _submitted(crf),
             reason=_reason(), row_version=row_version, token=form.submission_token.data or None,

@@ -12,6 +12,7 @@ from ecrf.access.grants import Access
 from ecrf.access.scoping import site_or_404, sites_for, subject_or_404
 from ecrf.audit.reasons import Reason
 from ecrf.closure import bp
+from ecrf.database import parse_key
 from ecrf.extensions import db
 from ecrf.i18n import tr
 from ecrf.review import closure
@@ -39,7 +40,7 @@ def _scope_from_form() -> closure.Scope:
         return closure.Scope.of_subject(subject_or_404(request.form.get("subject", "")))
     if level == "site":
         site_id = request.form.get("site", "")
-        return closure.Scope.of_site(site_or_404(int(site_id) if site_id.isdigit() else 0))
+        return closure.Scope.of_site(site_or_404(parse_key(site_id) or 0))
     if level == "study" and g.access.study_wide:
         return closure.Scope.study()
     from ecrf.access.decorators import refuse

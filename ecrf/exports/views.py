@@ -16,6 +16,7 @@ from ecrf.access.grants import Access
 from ecrf.access.scoping import sites_for
 from ecrf.audit.reasons import Reason
 from ecrf.audit.unit_of_work import unit_of_work
+from ecrf.database import key
 from ecrf.exports import bp, jobs
 from ecrf.exports.models import ExportJob
 from ecrf.extensions import db
@@ -52,7 +53,7 @@ def _visible(stmt):
 @bp.route("/")
 @requires("export.run")
 def list_exports():
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     exports = db.paginate(_visible(sa.select(ExportJob)).order_by(ExportJob.id.desc()),
                           page=page, per_page=PER_PAGE, error_out=False)
     return render_template("exports/list.html", exports=exports, kinds=_allowed_kinds(g.access.user),

@@ -11,7 +11,7 @@ from ecrf.access.decorators import authenticated, public, requires
 from ecrf.access.grants import Access, active_grants
 from ecrf.access.scoping import sites_for
 from ecrf.auth.services import lockout_alerts
-from ecrf.database import utcnow
+from ecrf.database import key, utcnow
 from ecrf.main import bp
 from ecrf.review import dashboard, queries, sdv, signatures
 from ecrf.study.safety import serious_events
@@ -80,7 +80,7 @@ def missing_forms():
     rows = [r for r in rows if r.visit_key == filters.get("visit", r.visit_key)
             and r.state == filters.get("state", r.state)
             and r.subject.site.code == filters.get("site", r.subject.site.code)]
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     titles = {k: current_app.extensions["ecrf.registry"].current(k).title
               for k in {r.crf_key for r in rows}}
     return render_template("main/missing.html", rows=ListPage(rows, page, 50), filters=filters,
@@ -93,7 +93,7 @@ def sign_off():
     """Casebooks ready to sign but never signed, and signatures broken by a later change."""
     found = signatures.pending_and_broken(_sites("crf.view"))
     rows = [(subject, None) for subject in found.ready_unsigned] + found.broken
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     return render_template("main/sign_off.html", rows=ListPage(rows, page, 50))
 
 

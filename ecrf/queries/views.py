@@ -13,6 +13,7 @@ from ecrf.access.grants import Access
 from ecrf.access.scoping import sites_for
 from ecrf.casebook import services as casebook
 from ecrf.casebook.models import FormInstance
+from ecrf.database import key, parse_key
 from ecrf.extensions import db
 from ecrf.i18n import tr, visit_title
 from ecrf.queries import bp
@@ -89,7 +90,8 @@ def answering_query(instance: FormInstance | None) -> Query | None:
     raw = request.values.get("query_id") or request.args.get("query") or ""
     if not raw:
         return None
-    query = db.session.get(Query, int(raw)) if raw.isdigit() else None
+    key = parse_key(raw)
+    query = db.session.get(Query, key) if key is not None else None
     if query is None or instance is None or query.form_instance_id != instance.id:
         refuse(404, f"query {raw[:12]!r} is not on this form")
     return query
@@ -103,12 +105,12 @@ def _filters() -> services.Filters:
     site, form = args.get("site", ""), args.get("form", "")
     state = args.get("state", "")
     return services.Filters(
-        site_id=int(site) if site.isdigit() else None,
+        site_id=parse_key(site),
         subject_code=args.get("subject", "").strip()[:16] or None,
         crf_key=args.get("crf", "").strip()[:64] or None,
         state=state if state in {s.value for s in QueryState} | {"unresolved"} else None,
         age=args.get("age") if args.get("age") in services.AGE_FILTERS else None,
-        form_instance_id=int(form) if form.isdigit() else None,
+        form_instance_id=parse_key(form),
         item_key=args.get("item", "").strip()[:64] or None)
 
 
@@ -116,7 +118,7 @@ def _filters() -> services.Filters:
 @requires("crf.view")
 def list_queries():
     filters = _filters()
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     now = database.utcnow()
     queries = db.paginate(services.listing(filters, g.access.site_ids(), now), page=page,
                           per_page=current_app.config.get("QUERIES_PER_PAGE", PER_PAGE),
@@ -172,7 +174,7 @@ def _step(query_id: int, action: str):
     version = request.form.get("row_version", "")
     try:
         services.take_step(g.access.actor(query.subject.site_id), query, action, text,
-                           row_version=int(version) if version.isdigit() else None)
+                           row_version=parse_key(version))
     except services.QueryError as e:
         return _render(query, e.status, error=tr(e.message), typed={action: text})
     flash(DONE[action](query), "info")

@@ -16,6 +16,7 @@ from ecrf.access.grants import Access
 from ecrf.access.scoping import site_or_404, subject_or_404
 from ecrf.casebook.models import FormInstance
 from ecrf.casebook.services import Slot, get_instance, local_time
+from ecrf.database import key, parse_key
 from ecrf.extensions import db
 from ecrf.i18n import msg, tr
 from ecrf.review import sdv
@@ -51,13 +52,13 @@ class Page:
 def backlog():
     """What is left to verify on the monitor's sites: per site, then per subject and form."""
     site_ids = g.access.site_ids()
-    chosen = request.args.get("site", type=int)
+    chosen = request.args.get("site", type=key)
     if chosen is not None:
         site_or_404(chosen)
     by_site, by_subject = sdv.backlog(site_ids)
     if chosen is not None:
         by_subject = [s for s in by_subject if s.site.id == chosen]
-    page = Page(by_subject, request.args.get("page", 1, type=int),
+    page = Page(by_subject, request.args.get("page", 1, type=key),
                 current_app.config["SUBJECTS_PER_PAGE"])
     forms = sdv.forms_left({s.subject_id for s in page.items})
     registry = current_app.extensions["ecrf.registry"]
@@ -77,13 +78,13 @@ def plan():
 @bp.route("/sdv/plan", methods=["POST"])
 @requires("sdv.plan")
 def set_plan():
-    raw = request.form.get("percentage", "").strip()
+    percentage = parse_key(request.form.get("percentage", "").strip())
     mode = request.form.get("mode", "")
-    if mode == "percentage" and not raw.isdigit():
+    if mode == "percentage" and percentage is None:
         flash(tr(msg("The percentage is a whole number from 1 to 99.")), "error")
         return redirect(url_for("sdv.plan"))
     try:
-        sdv.set_plan(g.access.actor(None), mode, int(raw) if raw.isdigit() else None,
+        sdv.set_plan(g.access.actor(None), mode, percentage,
                      request.form.get("reason_text", ""))
     except sdv.SdvError as e:
         flash(tr(e.message), "error")

@@ -12,6 +12,7 @@ from ecrf.access.scoping import site_or_404, sites_for, subject_or_404
 from ecrf.auth.models import User
 from ecrf.auth.ratelimit import checks_password
 from ecrf.casebook.services import local_time
+from ecrf.database import key
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
 from ecrf.i18n import tr
@@ -119,7 +120,7 @@ def delegation_sites():
 
 
 def _log_page(site, form: DelegationForm, status: int = 200):
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     lines = db.paginate(delegation.entries(site), page=page, per_page=PER_PAGE, error_out=False)
     return render_template("signatures/delegation_log.html", site=site, lines=lines, form=form,
                            end_form=EndDelegationForm(formdata=None), today=delegation.site_today(site),

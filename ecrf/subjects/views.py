@@ -13,6 +13,7 @@ from ecrf.access.decorators import requires
 from ecrf.access.grants import Access
 from ecrf.access.scoping import site_or_404, sites_for, subject_or_404, visible
 from ecrf.audit.reasons import Reason
+from ecrf.database import key, parse_key
 from ecrf.extensions import db
 from ecrf.forms.choices import choices
 from ecrf.review import closure
@@ -27,7 +28,7 @@ from ecrf.subjects.forms import EnrolForm, ScreeningForm, StatusForm
 @bp.route("/")
 @requires("subject.view")
 def list_subjects():
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = max(request.args.get("page", 1, type=key), 1)
     per_page = current_app.config["SUBJECTS_PER_PAGE"]
     stmt = visible(sa.select(Subject).join(Site), Subject.site_id).order_by(Subject.code)
     filters = {k: request.args[k] for k in ("site", "included") if request.args.get(k)}
@@ -49,11 +50,11 @@ def list_subjects():
 @requires("subject.enrol")
 def enrol():
     form = EnrolForm()
-    site_id = form.site.data or ""
-    if not form.validate_on_submit() or not site_id.isdigit():
+    site_id = parse_key(form.site.data)
+    if not form.validate_on_submit() or site_id is None:
         flash(_("Choose one of your sites."), "error")
         return redirect(url_for("subjects.list_subjects"))
-    site = site_or_404(int(site_id))  # another site's id: 404, and the refusal is recorded
+    site = site_or_404(site_id)  # another site's id: 404, and the refusal is recorded
     try:
         subject = services.enrol_subject(g.access.actor(site.id), site)
     except services.StudyError as e:
@@ -127,11 +128,11 @@ def screening_log():
 @requires("subject.enrol")
 def add_screening():
     form = ScreeningForm()
-    site_id = form.site.data or ""
-    if not form.validate_on_submit() or not site_id.isdigit():
+    site_id = parse_key(form.site.data)
+    if not form.validate_on_submit() or site_id is None:
         flash(_("The screening entry could not be read: check the date and the age."), "error")
         return redirect(url_for("subjects.screening_log"))
-    site = site_or_404(int(site_id))
+    site = site_or_404(site_id)
     subject = None
     if form.subject.data:
         subject = subject_or_404(form.subject.data.strip())
