@@ -99,6 +99,26 @@ def _pending_user() -> User | None:
     return user
 
 
+def _accepted_code(user: User, form: CodeForm, *, confirming: bool) -> bool:
+    """Check a posted code: accepted (and remembered), or refused, counted toward the lockout
+    and said to the user."""
+    step = second_factor.matching_step(user, form.code.data)
+    if step is None:
+        services.count_failure(user, purpose="second factor",
+                               failure_action="auth.second_factor_failed", what="wrong code")
+        flash(_("The code is wrong or was already used. Type the code your app shows now."),
+              "error")
+        return False
+    second_factor.accept(user, step, confirming=confirming)
+    return True
+
+
+def _code_page(form: CodeForm, user: User, status: int, *, enrolling: bool):
+    form.code.data = ""
+    return render_template("auth/second_factor.html", form=form, user=user, enrolling=enrolling,
+                           qr=second_factor.qr_svg(user) if enrolling else None), status
+
+
 @bp.route("/second-factor", methods=["GET", "POST"])
 @public
 @checks_password("pending")
@@ -114,30 +134,18 @@ def second_factor_step():
     if enrolling and user.totp_secret is None:
         second_factor.start_enrolment(user)
     form = CodeForm()
-    status = 200
-    if form.validate_on_submit():
-        step = second_factor.matching_step(user, form.code.data)
-        if step is None:
-            services.count_failure(user, purpose="second factor",
-                                   failure_action="auth.second_factor_failed", what="wrong code")
-            if user.locked_at is not None:
-                session.pop("pending_login", None)
-                flash(_(services.LOGIN_FAILED_MESSAGE), "error")
-                return redirect(url_for("auth.login"))
-            flash(_("The code is wrong or was already used. Type the code your app shows now."),
-                  "error")
-            status = 401
-        else:
-            second_factor.accept(user, step, confirming=enrolling)
-            services.start_session(user, client=request.remote_addr,
-                                   user_agent=request.user_agent.string)
-            target = session["pending_login"]["next"]
-            _fresh_session()
-            login_user(user)
-            return redirect(_safe_next(target))
-    form.code.data = ""
-    return render_template("auth/second_factor.html", form=form, user=user, enrolling=enrolling,
-                           qr=second_factor.qr_svg(user) if enrolling else None), status
+    if not form.validate_on_submit():
+        return _code_page(form, user, 200, enrolling=enrolling)
+    if not _accepted_code(user, form, confirming=enrolling):
+        if user.locked_at is not None:
+            session.pop("pending_login", None)
+            return redirect(url_for("auth.login"))
+        return _code_page(form, user, 401, enrolling=enrolling)
+    services.start_session(user, client=request.remote_addr, user_agent=request.user_agent.string)
+    target = session["pending_login"]["next"]
+    _fresh_session()
+    login_user(user)
+    return redirect(_safe_next(target))
 
 
 @bp.route("/second-factor/setup", methods=["GET", "POST"])
@@ -151,19 +159,9 @@ def second_factor_setup():
     if current_user.totp_secret is None:
         second_factor.start_enrolment(current_user)
     form = CodeForm()
-    status = 200
-    if form.validate_on_submit():
-        step = second_factor.matching_step(current_user, form.code.data)
-        if step is None:
-            services.count_failure(current_user, purpose="second factor",
-                                   failure_action="auth.second_factor_failed", what="wrong code")
-            flash(_("The code is wrong or was already used. Type the code your app shows now."),
-                  "error")
-            status = 401
-        else:
-            second_factor.accept(current_user, step, confirming=True)
-            flash(_("Your second factor is set: each login now asks for a code."), "info")
-            return redirect(url_for("main.index"))
-    form.code.data = ""
-    return render_template("auth/second_factor.html", form=form, user=current_user,
-                           enrolling=True, qr=second_factor.qr_svg(current_user)), status
+    if not form.validate_on_submit():
+        return _code_page(form, current_user, 200, enrolling=True)
+    if not _accepted_code(current_user, form, confirming=True):
+        return _code_page(form, current_user, 401, enrolling=True)
+    flash(_("Your second factor is set: each login now asks for a code."), "info")
+    return redirect(url_for("main.index"))
